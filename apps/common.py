@@ -1,0 +1,319 @@
+"""Flags and glue shared by the apps. Library code never reads FLAGS; this module
+turns flags into library arguments, checks impossible combinations up front
+(before anything is written), and writes each run's record."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from lrface_tf.backbones import BACKBONES
+from lrface_tf.data.datasets import DataError
+from lrface_tf.data.degrade import KERNELS, UPSAMPLE_KERNELS, DegradationSpec
+from lrface_tf.data.pipeline import AUGMENTATIONS
+from lrface_tf.methods import METHODS, MethodConfig
+from lrface_tf.training import OPTIMIZERS, SCHEDULES, STRATEGIES
+
+FLAGS = flags.FLAGS
+DATASETS = ("fashion_mnist", "identity_folder")
+
+# data
+flags.DEFINE_enum("data", "fashion_mnist", DATASETS, "Training data set.")
+flags.DEFINE_string(
+    "data_dir", None, "Data folder (Fashion-MNIST idx files, or root/<person>/<image>)."
+)
+flags.DEFINE_integer("max_train_examples", 0, "Use only the first N training examples (0: all).")
+flags.DEFINE_integer(
+    "labelled_per_class", 0, "Few-labels transfer: keep labels for N per class (0: all)."
+)
+flags.DEFINE_enum(
+    "augment", "flip_crop", list(AUGMENTATIONS), "Geometric augmentation (shared by both views)."
+)
+# resolution
+flags.DEFINE_integer("teacher_size", 28, "Teacher (HR) input size.")
+flags.DEFINE_integer("student_size", 7, "LR size the student sees.")
+flags.DEFINE_integer(
+    "student_input_size", 0, "Student input size if LR images are upsampled (0: student_size)."
+)
+flags.DEFINE_list(
+    "lr_sizes", [], "LR sizes drawn per example (KD_im augmentation; default: student_size)."
+)
+flags.DEFINE_float("lr_probability", 1.0, "Fraction of training examples degraded.")
+flags.DEFINE_enum("degrade_kernel", "area", list(KERNELS), "Downsampling kernel.")
+flags.DEFINE_enum("upsample_kernel", "bilinear", list(UPSAMPLE_KERNELS), "Upsampling kernel.")
+# models
+flags.DEFINE_enum("teacher_backbone", "resnet8", sorted(BACKBONES), "Teacher backbone.")
+flags.DEFINE_enum("student_backbone", "resnet8", sorted(BACKBONES), "Student backbone.")
+flags.DEFINE_float("teacher_width", 1.0, "Teacher width multiplier.")
+flags.DEFINE_float("student_width", 1.0, "Student width multiplier.")
+flags.DEFINE_integer("embedding_dim", 64, "Embedding size of both models.")
+flags.DEFINE_enum("head", "softmax", ["softmax", "arcface", "cosface"], "Classification head.")
+flags.DEFINE_float("margin_scale", 32.0, "Cosine-head scale s.")
+flags.DEFINE_float("margin", 0.5, "ArcFace / CosFace margin m.")
+flags.DEFINE_string("teacher", None, "Trained teacher (.keras) for apps.distill.")
+# method
+flags.DEFINE_enum("method", "kd", list(METHODS), "Distillation method.")
+flags.DEFINE_float("kd_temperature", 4.0, "KD temperature T.")
+flags.DEFINE_float("kd_weight", 0.9, "Weight of the KD term.")
+flags.DEFINE_float("task_weight", 0.1, "Weight of the student's own task loss.")
+flags.DEFINE_float("feature_weight", 1.0, "Weight of the feature term.")
+flags.DEFINE_float("rkd_distance_weight", 25.0, "Weight of the RKD distance term.")
+flags.DEFINE_float("rkd_angle_weight", 50.0, "Weight of the RKD angle term.")
+flags.DEFINE_float("mmd_weight", 1.0, "Weight of the MK-MMD (or normalised L2) term.")
+# optimisation
+flags.DEFINE_integer("epochs", 5, "Training epochs.")
+flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+flags.DEFINE_enum("optimizer", "adam", list(OPTIMIZERS), "Optimizer.")
+flags.DEFINE_float("learning_rate", 2e-3, "Base learning rate.")
+flags.DEFINE_enum("lr_schedule", "cosine", list(SCHEDULES), "Learning-rate schedule.")
+flags.DEFINE_list("lr_step_epochs", [], "Epochs at which the 'steps' schedule multiplies by 0.1.")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (adamw, sgd).")
+flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.")
+# running
+flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (mirrored on CPU).")
+flags.DEFINE_string("output_dir", None, "Run folder (default saved_models/<app>_<method>).")
+flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 line per epoch.")
+
+MODEL_FLAGS = ("teacher_backbone", "student_backbone", "embedding_dim", "head")
+
+
+def fail(message):
+    """One-line error on stderr and exit status 2 (nothing has been written)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(main):
+    """absl `app.run` with bad input turned into one-line errors."""
+
+    def wrapped(argv):
+        if len(argv) > 1:
+            fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+        try:
+            return main(argv)
+        except (ValueError, DataError, FileNotFoundError, FloatingPointError) as e:
+            fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+    app.run(wrapped)
+
+
+def configure_devices():
+    """Logical CPU devices must be set before TF initialises; call first."""
+    if FLAGS.cpu_devices > 1:
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_devices
+        )
+
+
+def strategy_from_flags():
+    from lrface_tf.training import check_batch_divides, make_strategy
+
+    devices = None
+    if FLAGS.strategy == "mirrored" and FLAGS.cpu_devices > 1:
+        devices = [f"/cpu:{i}" for i in range(FLAGS.cpu_devices)]
+    strategy = make_strategy(FLAGS.strategy, devices)
+    check_batch_divides(FLAGS.batch_size, strategy)
+    return strategy
+
+
+def student_input_size():
+    return FLAGS.student_input_size or FLAGS.student_size
+
+
+def spec_from_flags():
+    """The training `DegradationSpec`; checks the sizes."""
+    if FLAGS.student_size > FLAGS.teacher_size:
+        raise ValueError(
+            f"student_size must be <= teacher_size, got {FLAGS.student_size} > "
+            f"{FLAGS.teacher_size}; lower --student_size or raise --teacher_size"
+        )
+    sizes = tuple(int(s) for s in FLAGS.lr_sizes) or (FLAGS.student_size,)
+    if max(sizes) > FLAGS.teacher_size:
+        raise ValueError(f"lr_sizes {list(sizes)} exceed teacher_size {FLAGS.teacher_size}")
+    plain = sizes == (FLAGS.student_size,) and FLAGS.lr_probability >= 1.0
+    out = None if plain and not FLAGS.student_input_size else student_input_size()
+    return DegradationSpec(
+        kernel=FLAGS.degrade_kernel,
+        sizes=sizes,
+        probability=FLAGS.lr_probability,
+        output_size=out,
+        upsample_kernel=FLAGS.upsample_kernel,
+    )
+
+
+def method_config():
+    return MethodConfig(
+        kd_temperature=FLAGS.kd_temperature,
+        kd_weight=FLAGS.kd_weight,
+        task_weight=FLAGS.task_weight,
+        feature_weight=FLAGS.feature_weight,
+        rkd_distance_weight=FLAGS.rkd_distance_weight,
+        rkd_angle_weight=FLAGS.rkd_angle_weight,
+        mmd_weight=FLAGS.mmd_weight,
+    )
+
+
+def load_data():
+    """`{"train": (x, y), "test": (x, y) or None, "channels", "num_classes", "report"}`."""
+    from lrface_tf.data.datasets import identity_folder, load_fashion_mnist
+
+    if FLAGS.data == "fashion_mnist":
+        (xt, yt), (xs, ys) = load_fashion_mnist(FLAGS.data_dir)
+        if FLAGS.max_train_examples:
+            xt, yt = xt[: FLAGS.max_train_examples], yt[: FLAGS.max_train_examples]
+        return {
+            "train": (xt[..., None], yt),
+            "test": (xs[..., None], ys),
+            "channels": 1,
+            "num_classes": 10,
+            "report": {"name": "fashion_mnist", "train": len(yt), "test": len(ys)},
+        }
+    if not FLAGS.data_dir:
+        raise ValueError("--data=identity_folder needs --data_dir=<root of person folders>")
+    folder = identity_folder(FLAGS.data_dir, on_error="skip")
+    if FLAGS.max_train_examples:
+        folder.paths = folder.paths[: FLAGS.max_train_examples]
+        folder.labels = folder.labels[: FLAGS.max_train_examples]
+    return {
+        "train": folder,
+        "test": None,
+        "channels": 3,
+        "num_classes": folder.num_classes,
+        "report": {"name": "identity_folder", **folder.report.to_dict()},
+    }
+
+
+def with_few_labels(labels, per_class, seed):
+    """Labels with all but a class-balanced subset of `per_class` each set to -1."""
+    from lrface_tf.data.pipeline import UNLABELLED, class_balanced_subset
+
+    keep = class_balanced_subset(labels, per_class, seed)
+    masked = np.full_like(labels, UNLABELLED)
+    masked[keep] = labels[keep]
+    return masked, keep
+
+
+def output_dir(default_name):
+    return FLAGS.output_dir or os.path.join("saved_models", default_name)
+
+
+def load_teacher(path, expected_size):
+    """Load a teacher `.keras` and check its input size."""
+    import keras
+
+    import lrface_tf.layers  # noqa: F401  (registers custom objects)
+    import lrface_tf.losses  # noqa: F401
+
+    if not path:
+        raise ValueError("this method needs a teacher: pass --teacher=<path to teacher.keras>")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher {path} does not exist; train one with apps.train_teacher")
+    model = keras.saving.load_model(path, compile=False)
+    size = model.input_shape[1]
+    if size != expected_size:
+        raise ValueError(
+            f"teacher {path} takes {size}x{size} inputs but --teacher_size={expected_size}; "
+            "set --teacher_size to match"
+        )
+    return model
+
+
+def write_run_record(out_dir, spec, extra):
+    """Resolved flags (as a flagfile and JSON), the degradation spec and metrics."""
+    from lrface_tf.export.atomic import write_json, write_text
+
+    os.makedirs(out_dir, exist_ok=True)
+    write_text(os.path.join(out_dir, "flags.cfg"), FLAGS.flags_into_string())
+    values = {
+        k: v for k, v in FLAGS.flag_values_dict().items() if k in _OUR_FLAGS and not callable(v)
+    }
+    write_json(os.path.join(out_dir, "flags.json"), values)
+    if spec is not None:
+        write_json(os.path.join(out_dir, "degradation.json"), spec.to_dict())
+    write_json(
+        os.path.join(out_dir, "metrics.json"),
+        {**extra, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)},
+    )
+    logging.info("wrote %s", out_dir)
+
+
+_OUR_FLAGS = {f.name for f in FLAGS.get_flags_for_module(__name__)}
+
+
+def paired(x, y, spec, training, seed=None, repeat=False):
+    from lrface_tf.data.datasets import IdentityFolder, identity_folder_dataset
+    from lrface_tf.data.pipeline import paired_dataset
+
+    if isinstance(x, IdentityFolder):
+        x = identity_folder_dataset(x, FLAGS.teacher_size)
+    return paired_dataset(
+        x,
+        y,
+        spec=spec,
+        batch_size=FLAGS.batch_size,
+        training=training,
+        augment=FLAGS.augment,
+        seed=FLAGS.seed if seed is None else seed,
+        hr_size=FLAGS.teacher_size,
+        repeat=repeat,
+    )
+
+
+def train_distiller(student, teacher, terms, train_ds, *, epochs, steps, out_dir,
+                    student_view="lr", task_weight=None, head=None):  # fmt: skip
+    """Compile and fit a Distiller; returns (distiller, history dict, seconds)."""
+    from lrface_tf.models import Distiller, task_loss_for
+    from lrface_tf.training import learning_rate_schedule, make_optimizer, standard_callbacks
+
+    head = head or FLAGS.head
+    distiller = Distiller(
+        student,
+        teacher,
+        terms,
+        task_loss=task_loss_for(head, FLAGS.margin_scale, FLAGS.margin),
+        task_weight=FLAGS.task_weight if task_weight is None else task_weight,
+        student_view=student_view,
+    )
+    lr = learning_rate_schedule(
+        FLAGS.learning_rate,
+        FLAGS.lr_schedule,
+        total_steps=epochs * steps,
+        steps_per_epoch=steps,
+        boundaries_epochs=FLAGS.lr_step_epochs,
+    )
+    distiller.compile(optimizer=make_optimizer(FLAGS.optimizer, lr, FLAGS.weight_decay))
+    t0 = time.perf_counter()
+    hist = distiller.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        callbacks=standard_callbacks(out_dir),
+        verbose=FLAGS.verbose,
+        shuffle=False,
+    )
+    seconds = time.perf_counter() - t0
+    return distiller, {k: [float(v) for v in vs] for k, vs in hist.history.items()}, seconds
+
+
+def evaluate_on_test(model, x, y, size, input_size=None, spec=None):
+    """Top-1/top-5 on the test split degraded to `size` (and upsampled to `input_size`)."""
+    from lrface_tf.data.pipeline import single_view_dataset
+    from lrface_tf.eval import classification_accuracy
+
+    if spec is None:
+        needs_up = input_size is not None and input_size != size
+        spec = DegradationSpec(
+            kernel=FLAGS.degrade_kernel,
+            sizes=(size,),
+            output_size=input_size if needs_up else None,
+            upsample_kernel=FLAGS.upsample_kernel,
+        )
+    return classification_accuracy(model, single_view_dataset(x, y, spec=spec, batch_size=500))

@@ -1,0 +1,338 @@
+"""Data set loaders: Fashion-MNIST idx files, identity folders, LFW pairs files.
+
+Every loader fails loudly on a missing or corrupt file, naming the file, or,
+where the caller asks for it (`on_error="skip"`), skips it and counts it in a
+report. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+
+import numpy as np
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class DataError(ValueError):
+    """A data file or folder is missing, corrupt or inconsistent."""
+
+
+# --------------------------------------------------------------------- idx files
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path):
+    """Read an idx file (the MNIST format), gzipped or not, into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e}); re-download or reinstall the file") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an idx file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated idx header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DataError(
+            f"{path}: idx payload has {len(data) - header} bytes, header says {expected} "
+            f"for shape {shape}; the file is truncated or corrupt"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find_idx(directory, stem):
+    for name in (stem + ".gz", stem):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def load_fashion_mnist(data_dir=None, allow_download=True):
+    """Fashion-MNIST as `((x_train, y_train), (x_test, y_test))`, uint8 `(N, 28, 28)`.
+
+    Looks in `data_dir`, then Debian's `dataset-fashion-mnist` folder
+    (/usr/share/datasets/fashion-mnist); if neither has the idx files and
+    `allow_download`, falls back to `keras.datasets.fashion_mnist` (network).
+    """
+    dirs = [data_dir] if data_dir else list(FASHION_MNIST_DIRS)
+    for d in dirs:
+        found = {
+            split: [_find_idx(d, stem) for stem in stems]
+            for split, stems in FASHION_MNIST_FILES.items()
+        }
+        if all(p for paths in found.values() for p in paths):
+            out = []
+            for split in ("train", "test"):
+                x = read_idx(found[split][0])
+                y = read_idx(found[split][1]).astype(np.int32)
+                if x.ndim != 3 or len(x) != len(y):
+                    raise DataError(
+                        f"{found[split][0]}: expected (N, 28, 28) images matching "
+                        f"{len(y)} labels, got shape {x.shape}"
+                    )
+                out.append((x, y))
+            return tuple(out)
+        if data_dir:
+            missing = [s for stems in FASHION_MNIST_FILES.values() for s in stems]
+            raise DataError(
+                f"{data_dir}: Fashion-MNIST idx files missing (need {', '.join(missing)}, "
+                "optionally .gz); install Debian's dataset-fashion-mnist or point --data_dir there"
+            )
+    if not allow_download:
+        raise DataError(
+            "Fashion-MNIST not found in /usr/share/datasets/fashion-mnist; run "
+            "`apt-get install dataset-fashion-mnist` or pass --data_dir"
+        )
+    import keras
+
+    (xt, yt), (xs, ys) = keras.datasets.fashion_mnist.load_data()
+    return (xt, yt.astype(np.int32)), (xs, ys.astype(np.int32))
+
+
+# ---------------------------------------------------------------- identity folders
+@dataclasses.dataclass
+class LoadReport:
+    """What a loader read, and what it skipped and why (written into run outputs)."""
+
+    found: int = 0
+    kept: int = 0
+    skipped: list = dataclasses.field(default_factory=list)  # [(path, reason)]
+    empty_classes: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self):
+        return {
+            "found": self.found,
+            "kept": self.kept,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "empty_classes": list(self.empty_classes),
+        }
+
+
+@dataclasses.dataclass
+class IdentityFolder:
+    """An identity-folder data set: `root/<person>/<image>`; one class per folder."""
+
+    root: str
+    paths: list
+    labels: np.ndarray
+    class_names: list
+    report: LoadReport
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+def _check_image(path, channels):
+    """Decode one image with TF; returns None if fine, else the reason."""
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(path)
+        img = tf.io.decode_image(data, channels=0, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"cannot decode image ({msg[:120]})"
+    c = int(img.shape[-1])
+    if channels == 3 and c not in (1, 3, 4):
+        return f"unexpected channel count {c}"
+    return None
+
+
+def identity_folder(
+    root, *, min_images=1, on_error="raise", verify=True, channels=3, exclude_people=()
+):
+    """List an identity-folder data set (one sub-folder per person).
+
+    Args:
+      root: folder with one sub-folder of images per identity.
+      min_images: drop identities with fewer images (counted in the report).
+      on_error: "raise" stops at the first corrupt image / empty identity with an
+        error naming it; "skip" skips it and records it in `report.skipped`.
+      verify: decode every image once to find corrupt or truncated files.
+      channels: 3 converts grayscale to RGB at load time (recorded, not an error).
+      exclude_people: identity names to leave out (e.g. the test people).
+
+    Returns:
+      `IdentityFolder` with paths, int32 labels, class names and a `LoadReport`.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if not os.path.isdir(root):
+        raise DataError(
+            f"{root}: identity folder not found; "
+            "point the data flag at a folder of <person>/<image> files"
+        )
+    people = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not people:
+        raise DataError(f"{root}: no identity sub-folders; expected root/<person>/<image>")
+    exclude = set(exclude_people)
+    report = LoadReport()
+    paths, labels, names = [], [], []
+    for person in people:
+        if person in exclude:
+            continue
+        folder = os.path.join(root, person)
+        files = sorted(
+            os.path.join(folder, f)
+            for f in os.listdir(folder)
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        report.found += len(files)
+        good = []
+        for f in files:
+            reason = _check_image(f, channels) if verify else None
+            if reason is None:
+                good.append(f)
+            elif on_error == "raise":
+                raise DataError(f"{f}: {reason}; delete or replace it, or pass on_error='skip'")
+            else:
+                report.skipped.append((f, reason))
+        if len(good) < min_images:
+            if not good and on_error == "raise" and min_images <= 1:
+                raise DataError(
+                    f"{folder}: identity folder has no readable images; "
+                    "remove it or pass on_error='skip'"
+                )
+            report.empty_classes.append(person)
+            report.skipped.extend((f, f"identity has fewer than {min_images} images") for f in good)
+            continue
+        label = len(names)
+        names.append(person)
+        paths.extend(good)
+        labels.extend([label] * len(good))
+    report.kept = len(paths)
+    return IdentityFolder(root, paths, np.asarray(labels, np.int32), names, report)
+
+
+def decode_image_file(path, size=None, channels=3):
+    """tf op: read + decode one image to float32 [0, 1], optional resize (area)."""
+    import tensorflow as tf
+
+    img = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    img = tf.image.convert_image_dtype(img, tf.float32)
+    if size is not None:
+        img = tf.image.resize(img, (size, size), method="area")
+    return img
+
+
+def identity_folder_dataset(folder, size, channels=3):
+    """`tf.data.Dataset` of `(image float32 [0,1] (size, size, C), label)` for a listed folder."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((folder.paths, folder.labels))
+    return ds.map(
+        lambda p, y: (decode_image_file(p, size, channels), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+# -------------------------------------------------------------------- LFW pairs
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One verification pair: (person_a, image number a, person_b, number b, same, fold)."""
+
+    name_a: str
+    num_a: int
+    name_b: str
+    num_b: int
+    same: bool
+    fold: int
+
+    def paths(self, root, ext=".jpg"):
+        return (lfw_image_path(root, self.name_a, self.num_a, ext),
+                lfw_image_path(root, self.name_b, self.num_b, ext))  # fmt: skip
+
+
+def lfw_image_path(root, name, num, ext=".jpg"):
+    """LFW file naming: root/Name/Name_0001.jpg."""
+    return os.path.join(root, name, f"{name}_{num:04d}{ext}")
+
+
+def lfw_pairs(path, root=None, ext=".jpg"):
+    """Parse an LFW pairs file (pairs.txt: 10 folds; pairsDevTrain/DevTest: 1 split).
+
+    The header is either "N" (one set of N same + N different pairs) or
+    "K N" (K folds, each N same then N different). Same-person lines are
+    "name n1 n2"; different-person lines are "name1 n1 name2 n2".
+
+    Args:
+      path: the pairs file.
+      root: optional image root; if given, every referenced image must exist there.
+
+    Returns:
+      list of `Pair` in file order; `pair.fold` numbers the folds from 0.
+    """
+    try:
+        with open(path) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except FileNotFoundError:
+        raise DataError(f"{path}: pairs file not found") from None
+    if not lines:
+        raise DataError(f"{path}: empty pairs file")
+    head = lines[0].split()
+    try:
+        if len(head) == 1:
+            folds, per = 1, int(head[0])
+        elif len(head) == 2:
+            folds, per = int(head[0]), int(head[1])
+        else:
+            raise ValueError
+    except ValueError:
+        raise DataError(f"{path}:1: header must be 'N' or 'FOLDS N', got {lines[0]!r}") from None
+    body = lines[1:]
+    if len(body) != folds * 2 * per:
+        raise DataError(
+            f"{path}: header says {folds} folds x {2 * per} pairs = {folds * 2 * per} lines, "
+            f"found {len(body)}"
+        )
+    pairs = []
+    for i, line in enumerate(body):
+        lineno = i + 2
+        fold, pos = divmod(i, 2 * per)
+        parts = line.split()
+        try:
+            if len(parts) == 3:
+                pair = Pair(parts[0], int(parts[1]), parts[0], int(parts[2]), True, fold)
+            elif len(parts) == 4:
+                pair = Pair(parts[0], int(parts[1]), parts[2], int(parts[3]), False, fold)
+            else:
+                raise ValueError
+        except ValueError:
+            raise DataError(
+                f"{path}:{lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {line!r}"
+            ) from None
+        if pair.same != (pos < per):
+            kind = "same-person" if pos < per else "different-person"
+            raise DataError(f"{path}:{lineno}: expected a {kind} line here, got {line!r}")
+        if root is not None:
+            for p in pair.paths(root, ext):
+                if not os.path.exists(p):
+                    raise DataError(
+                        f"{path}:{lineno}: image {p} does not exist; check the name and number, "
+                        "or point the image root at the right LFW copy"
+                    )
+        pairs.append(pair)
+    return pairs

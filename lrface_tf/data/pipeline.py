@@ -1,0 +1,161 @@
+"""tf.data pipelines that yield paired high-/low-resolution views.
+
+From ONE element the pipeline augments once (geometric: flip, padded crop) and
+then degrades, so the teacher's HR view and the student's LR view show the same
+crop of the same image:
+
+    image --augment--> hr --degrade(spec)--> lr
+    yields ({"hr": hr, "lr": lr}, label)
+
+Pixel values are float32 in [0, 1]. A label of -1 marks an unlabelled example
+(used by the few-labels transfer: the teacher's soft labels still apply).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+UNLABELLED = -1
+
+
+def augment_flip_crop(image, seed, pad=None, flip=True):
+    """Random horizontal flip and a random crop from a reflect-padded image.
+
+    Args:
+      image: float `(H, W, C)` with static H, W.
+      seed: stateless seed, int32 `(2,)`.
+      pad: crop padding in pixels (default `H // 8`); 0 disables the crop.
+    """
+    h, w = image.shape[0], image.shape[1]
+    pad = h // 8 if pad is None else pad
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed)
+    if pad:
+        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        image = tf.image.stateless_random_crop(padded, [h, w, image.shape[2]], seed=seed + 7)
+    return image
+
+
+AUGMENTATIONS = {
+    "none": None,
+    "flip_crop": augment_flip_crop,
+    "flip": lambda image, seed: augment_flip_crop(image, seed, pad=0),
+    "crop": lambda image, seed: augment_flip_crop(image, seed, flip=False),
+}
+
+
+def to_float(image):
+    """uint8 [0, 255] (or float already in [0, 1]) -> float32 [0, 1]."""
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32) / 255.0
+    return tf.cast(image, tf.float32)
+
+
+def paired_views(image, label, spec, seed, augment=None, hr_size=None):
+    """One element -> ({"hr", "lr"}, label); see the module docstring."""
+    hr = to_float(image)
+    if hr_size is not None and (hr.shape[0] != hr_size or hr.shape[1] != hr_size):
+        hr = tf.image.resize(hr, (hr_size, hr_size), method="area")
+    if augment is not None:
+        hr = augment(hr, seed)
+    lr = spec.apply(hr, seed=seed + 13)
+    return {"hr": hr, "lr": lr}, label
+
+
+def _as_dataset(images, labels):
+    if isinstance(images, tf.data.Dataset):
+        return images
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = np.asarray(labels, dtype=np.int32)
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def paired_dataset(
+    images,
+    labels=None,
+    *,
+    spec,
+    batch_size,
+    training=True,
+    augment="flip_crop",
+    seed=0,
+    shuffle_buffer=None,
+    drop_remainder=None,
+    repeat=False,
+    hr_size=None,
+):
+    """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
+
+    Args:
+      images: uint8/float array `(N, H, W[, C])`, or a `tf.data.Dataset` of
+        `(image, label)` (then `labels` is ignored).
+      labels: int array `(N,)`; -1 marks unlabelled examples.
+      spec: `DegradationSpec` for the LR view.
+      batch_size: global batch size.
+      training: shuffle + augment when True; deterministic order otherwise.
+      augment: key of `AUGMENTATIONS` (training only).
+      seed: seeds shuffling and augmentation; the same seed gives the same batches.
+      shuffle_buffer: default the whole array (or 10,000 for datasets).
+      drop_remainder: default `training`.
+      repeat: repeat forever (use with `steps_per_epoch`).
+      hr_size: resize the HR view to this size first (area), if it differs.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}: use one of {', '.join(AUGMENTATIONS)}")
+    ds = _as_dataset(images, labels)
+    if training:
+        n = ds.cardinality()
+        buf = shuffle_buffer or (int(n) if n > 0 else 10_000)
+        ds = ds.shuffle(buf, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    aug = AUGMENTATIONS[augment] if training else None
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def _map(element, s):
+        image, label = element
+        s = tf.cast(s % (2**31 - 1), tf.int32)
+        return paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
+
+    ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    drop = training if drop_remainder is None else drop_remainder
+    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
+def single_view_dataset(images, labels, *, size=None, batch_size=256, spec=None):
+    """Batched `(image, label)` for evaluation: full resolution, or degraded by `spec`.
+
+    Args:
+      size: None keeps the images; an int resizes with area (no degradation model).
+      spec: a `DegradationSpec` whose deterministic form (first size) is applied.
+    """
+    ds = _as_dataset(images, labels)
+
+    def _map(image, label):
+        x = to_float(image)
+        if spec is not None:
+            x = spec.apply(x, seed=tf.constant([0, 0], tf.int32))
+        elif size is not None:
+            x = tf.image.resize(x, (size, size), method="area")
+        return x, label
+
+    return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+
+
+def class_balanced_subset(labels, per_class, seed=0):
+    """Indices of a fixed class-balanced subset: `per_class` examples of each class."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} examples, fewer than per_class={per_class}")
+        picks.append(rng.choice(idx, per_class, replace=False))
+    return np.sort(np.concatenate(picks))

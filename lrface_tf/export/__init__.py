@@ -1,0 +1,17 @@
+"""Student export: SavedModel, `.keras`, TFLite (+ parity against Keras)."""
+
+from lrface_tf.export.atomic import atomic_path, write_json, write_text
+from lrface_tf.export.savedmodel import export_savedmodel, save_keras
+from lrface_tf.export.tflite import QUANTIZATIONS, TFLiteModel, convert_tflite, parity_report
+
+__all__ = [
+    "QUANTIZATIONS",
+    "TFLiteModel",
+    "atomic_path",
+    "convert_tflite",
+    "export_savedmodel",
+    "parity_report",
+    "save_keras",
+    "write_json",
+    "write_text",
+]

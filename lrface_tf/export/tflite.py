@@ -1,0 +1,139 @@
+"""TFLite export of the student (float32, dynamic-range, full int8) and parity checks.
+
+Conversion goes through the SavedModel (`TFLiteConverter.from_saved_model`);
+`from_concrete_functions` silently produced NaN outputs on this stack. The
+converted model runs with LiteRT (`ai_edge_litert`), not the deprecated
+`tf.lite.Interpreter`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from lrface_tf.export.atomic import atomic_path
+from lrface_tf.export.savedmodel import export_savedmodel
+
+QUANTIZATIONS = ("float32", "dynamic_range", "int8")
+
+
+def convert_tflite(model, path, quantization="float32", representative_images=None,
+                   saved_model_dir=None):  # fmt: skip
+    """Convert a Keras model to a `.tflite` file.
+
+    Args:
+      model: the student (image -> outputs).
+      path: output `.tflite` path (written atomically).
+      quantization: "float32", "dynamic_range" (int8 weights, float activations)
+        or "int8" (int8 weights and activations, int8 input and outputs).
+      representative_images: float array `(N, H, W, C)` in the model's input
+        range, required for "int8" (a few hundred real images).
+      saved_model_dir: reuse an exported SavedModel instead of exporting again.
+
+    Returns:
+      `path`.
+    """
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}: use one of {QUANTIZATIONS}")
+    if quantization == "int8" and representative_images is None:
+        raise ValueError(
+            "int8 quantization needs representative_images (a few hundred real inputs)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        sm = saved_model_dir or export_savedmodel(model, os.path.join(tmp, "sm"))
+        conv = tf.lite.TFLiteConverter.from_saved_model(sm)
+        if quantization != "float32":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "int8":
+            reps = np.asarray(representative_images, np.float32)
+
+            def gen():
+                for i in range(len(reps)):
+                    yield [reps[i : i + 1]]
+
+            conv.representative_dataset = gen
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+        blob = conv.convert()
+    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as f:
+        f.write(blob)
+    return path
+
+
+class TFLiteModel:
+    """Run a `.tflite` model with LiteRT; float in, float out (int8 I/O handled).
+
+    Call arguments:
+      images: float array `(B, H, W, C)` in the model's input range.
+
+    Returns:
+      dict of float32 outputs by signature name (e.g. "embedding", "logits"),
+      one row per image.
+    """
+
+    def __init__(self, path, num_threads=1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: TFLite model not found; export it with apps.export")
+        self.path = path
+        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        self.runner = self.interpreter.get_signature_runner()
+        ((self.input_name, self.input_detail),) = self.runner.get_input_details().items()
+        self.output_details = self.runner.get_output_details()
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self.input_detail["shape"][1:])
+
+    def _quantize(self, x):
+        d = self.input_detail
+        if d["dtype"] == np.float32:
+            return x.astype(np.float32)
+        scale, zero = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(d["dtype"])
+
+    def _dequantize(self, name, y):
+        d = self.output_details[name]
+        if d["dtype"] == np.float32:
+            return y
+        scale, zero = d["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+
+    def __call__(self, images):
+        images = np.asarray(images, np.float32)
+        rows = []
+        for i in range(len(images)):  # the converted graph has batch 1
+            out = self.runner(**{self.input_name: self._quantize(images[i : i + 1])})
+            rows.append({k: self._dequantize(k, v) for k, v in out.items()})
+        return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def parity_report(keras_model, tflite_model, images):
+    """Compare Keras and TFLite outputs on the same real images.
+
+    Returns:
+      dict per output: max_abs_error, and for "logits" top1_agreement (fraction
+      of images where both predict the same class); for "embedding" the mean
+      cosine similarity.
+    """
+    ref = keras_model(np.asarray(images, np.float32), training=False)
+    got = tflite_model(images)
+    report = {}
+    for name, value in got.items():
+        r = np.asarray(ref[name] if isinstance(ref, dict) else ref)
+        entry = {"max_abs_error": float(np.max(np.abs(r - value)))}
+        if name == "logits":
+            entry["top1_agreement"] = float(np.mean(np.argmax(r, -1) == np.argmax(value, -1)))
+        else:
+            num = np.sum(r * value, -1)
+            den = np.linalg.norm(r, axis=-1) * np.linalg.norm(value, axis=-1) + 1e-12
+            entry["mean_cosine"] = float(np.mean(num / den))
+        report[name] = entry
+    return report

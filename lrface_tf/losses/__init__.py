@@ -1,0 +1,17 @@
+"""Loss terms: `keras.losses.Loss` subclasses called as `loss(teacher, student)`."""
+
+from lrface_tf.losses.classification import MarginCrossEntropy, MaskedCrossEntropy
+from lrface_tf.losses.feature import FeatureLoss
+from lrface_tf.losses.kd import KDLoss
+from lrface_tf.losses.mmd import MKMMDLoss
+from lrface_tf.losses.rkd import RKDAngleLoss, RKDDistanceLoss
+
+__all__ = [
+    "FeatureLoss",
+    "KDLoss",
+    "MKMMDLoss",
+    "MarginCrossEntropy",
+    "MaskedCrossEntropy",
+    "RKDAngleLoss",
+    "RKDDistanceLoss",
+]

@@ -1,0 +1,67 @@
+"""Distillation methods: name -> the loss terms the Distiller adds to the task loss.
+
+A method is a small function of a `MethodConfig`; new methods register here
+(no if/elif ladders in the apps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lrface_tf.losses import FeatureLoss, KDLoss, MKMMDLoss, RKDAngleLoss, RKDDistanceLoss
+from lrface_tf.models.distiller import DistillTerm
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Hyper-parameters of the distillation terms (weights and temperatures)."""
+
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.9
+    task_weight: float = 0.1
+    feature_weight: float = 1.0
+    feature_norm: str = "l1"
+    rkd_distance_weight: float = 25.0
+    rkd_angle_weight: float = 50.0
+    mmd_weight: float = 1.0
+
+
+def _kd(c):
+    return {"kd": DistillTerm(KDLoss(c.kd_temperature), c.kd_weight, "logits")}
+
+
+METHODS = {
+    # Student alone on LR images (no teacher needed).
+    "baseline": lambda c: {},
+    # Hinton KD on logits.
+    "kd": _kd,
+    # 1-order feature loss on embeddings (HORKD Eq. 2), plus KD.
+    "feature": lambda c: {
+        **_kd(c),
+        "feature": DistillTerm(FeatureLoss(c.feature_norm), c.feature_weight),
+    },
+    # RKD distance + angle (2- and 3-order), plus KD.
+    "rkd": lambda c: {
+        **_kd(c),
+        "rkd_distance": DistillTerm(RKDDistanceLoss(), c.rkd_distance_weight),
+        "rkd_angle": DistillTerm(RKDAngleLoss(), c.rkd_angle_weight),
+    },
+    # KD_im: hard CE + soft KD + MK-MMD on normalised features (Eq. 9).
+    "kdim_mmd": lambda c: {**_kd(c), "mk_mmd": DistillTerm(MKMMDLoss(), c.mmd_weight)},
+    # KD_im with the normalised-feature L2 term instead (Eq. 6).
+    "kdim_l2": lambda c: {
+        **_kd(c),
+        "feature_l2": DistillTerm(FeatureLoss("l2", normalize=True), c.mmd_weight),
+    },
+}
+
+
+def method_terms(name, config=None):
+    """The `{name: DistillTerm}` of a registered method."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
+    return METHODS[name](config or MethodConfig())
+
+
+def needs_teacher(name):
+    return bool(method_terms(name))

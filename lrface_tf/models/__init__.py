@@ -1,0 +1,18 @@
+"""Models: the recognizer (backbone + head) and the Distiller."""
+
+from lrface_tf.models.distiller import Distiller, DistillTerm
+from lrface_tf.models.recognizer import (
+    build_recognizer,
+    embedding_model,
+    logits_model,
+    task_loss_for,
+)
+
+__all__ = [
+    "DistillTerm",
+    "Distiller",
+    "build_recognizer",
+    "embedding_model",
+    "logits_model",
+    "task_loss_for",
+]

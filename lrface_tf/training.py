@@ -1,0 +1,132 @@
+"""Training plumbing shared by the apps and user code: strategies, optimizers, fit()."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "steps")
+
+
+def make_strategy(name="default", devices=None):
+    """A `tf.distribute` strategy by name.
+
+    Args:
+      name: "default" (no distribution), "mirrored" (all local GPUs, or the
+        given `devices`), "multi_worker" (configured by TF_CONFIG).
+      devices: optional device list for "mirrored", e.g. ["/cpu:0", "/cpu:1"].
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "strategy multi_worker needs TF_CONFIG; see README 'Beyond one machine'"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
+
+
+def check_batch_divides(batch_size, strategy):
+    """The global batch must split evenly across replicas."""
+    n = strategy.num_replicas_in_sync
+    if batch_size % n:
+        raise ValueError(
+            f"batch_size {batch_size} does not divide across {n} replicas; use a multiple of {n}"
+        )
+
+
+def learning_rate_schedule(base, schedule="cosine", total_steps=1, steps_per_epoch=1,
+                           boundaries_epochs=(), decay=0.1):  # fmt: skip
+    """A learning rate (float or `keras.optimizers.schedules`) by name.
+
+    "steps" multiplies by `decay` at each epoch in `boundaries_epochs` (CRRCD's
+    x0.1 at epochs 21, 28, 32).
+    """
+    if schedule == "constant":
+        return float(base)
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(float(base), max(1, int(total_steps)))
+    if schedule == "steps":
+        bounds = [int(e) * int(steps_per_epoch) for e in boundaries_epochs]
+        values = [float(base) * decay**i for i in range(len(bounds) + 1)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values)
+    raise ValueError(f"unknown lr schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(name, learning_rate, weight_decay=0.0, momentum=0.9):
+    """Adam, AdamW or SGD (momentum); weight decay in the optimizer, not as regularizers
+    (Keras does not scale regularization losses by the replica count)."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate, momentum=momentum, weight_decay=weight_decay or None
+        )
+    raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite loss term and say which term, step and batch.
+
+    Keras' TerminateOnNaN only sees the total; this names the culprit and
+    raises, so a run never ends with a silently NaN model.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {k: v for k, v in (logs or {}).items() if not _finite(v)}
+        if bad:
+            self.model.stop_training = True
+            step = int(self.model.optimizer.iterations.numpy())
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.epoch + 1}, batch {batch}, step {step}: "
+                + ", ".join(f"{k}={v}" for k, v in bad.items())
+                + "; lower the learning rate or check the input data"
+            )
+
+
+def _finite(v):
+    try:
+        import math
+
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records wall seconds per epoch into the logs as `epoch_seconds`."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._t
+
+
+def standard_callbacks(output_dir=None, tensorboard=True, backup=True):
+    """NaN guard, epoch timer, and (with an output folder) TensorBoard + BackupAndRestore."""
+    cbs = [NaNGuard(), EpochTimer()]
+    if output_dir:
+        if tensorboard:
+            cbs.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")))
+        if backup:
+            cbs.append(keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")))
+    return cbs
