@@ -58,9 +58,8 @@ def main(argv):
     }
     if data["test"] is not None:
         result["test"] = common.evaluate_on_test(student, *data["test"], FLAGS.student_size, size)
-        print(
-            f"student@{FLAGS.student_size} ({FLAGS.method}): top-1 {100 * result['test']['top1']:.2f}%"
-        )
+        top1 = 100 * result["test"]["top1"]
+        print(f"student@{FLAGS.student_size} ({FLAGS.method}): top-1 {top1:.2f}%")
     save_keras(student, os.path.join(out, "student.keras"))
     common.write_run_record(out, spec, {**result, "data": data["report"]})
 

@@ -29,7 +29,7 @@ def named_features(model, names):
     missing = [n for n in names if n not in {layer.name for layer in model.layers}]
     if missing:
         raise ValueError(f"{model.name} has no layer(s) {missing}")
-    return keras.Model(model.inputs, {n: model.get_layer(n).output for n in names})
+    return keras.Model(model.input, {n: model.get_layer(n).output for n in names})
 
 
 __all__ = ["BACKBONES", "build_backbone", "named_features", "resnet", "sphere_resnet"]

@@ -52,12 +52,12 @@ def task_loss_for(head, scale=32.0, margin=0.5, label_smoothing=0.0):
 def logits_model(recognizer):
     """Image -> logits view of a recognizer (shares weights)."""
     return keras.Model(
-        recognizer.inputs, recognizer.output["logits"], name=f"{recognizer.name}_logits"
+        recognizer.input, recognizer.output["logits"], name=f"{recognizer.name}_logits"
     )
 
 
 def embedding_model(recognizer):
     """Image -> embedding view of a recognizer (shares weights)."""
     return keras.Model(
-        recognizer.inputs, recognizer.output["embedding"], name=f"{recognizer.name}_embedding"
+        recognizer.input, recognizer.output["embedding"], name=f"{recognizer.name}_embedding"
     )

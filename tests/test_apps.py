@@ -1,0 +1,105 @@
+"""The apps as a user runs them: subprocesses with flagfiles, one-line errors,
+run records, and a tiny end-to-end teacher -> student -> TFLite chain."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+def run_app(app, *flags, cwd=ROOT):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, "-m", f"apps.{app}", *flags], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def one_line_error(proc):
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("error:", "FATAL"))]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--student_size=32", "--teacher_size=28"], "student_size must be <= teacher_size"),
+        (["--method=horkdd"], "--method"),
+        (["--bogus_flag=1"], "bogus_flag"),
+        (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=3"], "does not divide across 2"),
+        (["--method=kd", "--teacher=/nonexistent/teacher.keras"], "/nonexistent/teacher.keras"),
+        (["--method=kd"], "needs --teacher"),
+        (["--data=identity_folder", "--method=baseline"], "--data_dir"),
+    ],
+)
+def test_bad_flags_give_one_line_errors_and_write_nothing(tmp_path, flags, message):
+    out = tmp_path / "run"
+    proc = run_app("distill", f"--output_dir={out}", *flags)
+    assert message in one_line_error(proc)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_flagfile_with_unknown_flag(tmp_path):
+    cfg = tmp_path / "x.cfg"
+    cfg.write_text(f"--flagfile={ROOT}/configs/base.cfg\n--method=kd\n--temprature=3\n")
+    assert "temprature" in one_line_error(run_app("distill", f"--flagfile={cfg}"))
+
+
+@pytest.mark.slow
+def test_teacher_student_export_chain(tmp_path):
+    if not os.path.exists(FMNIST):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
+    common = [f"--flagfile={ROOT}/configs/base.cfg", "--max_train_examples=3072", "--verbose=0",
+              "--batch_size=64"]
+    t_dir, s_dir, e_dir = tmp_path / "teacher", tmp_path / "student", tmp_path / "export"
+    proc = run_app("train_teacher", *common, "--epochs=3", f"--output_dir={t_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("teacher.keras", "flags.cfg", "flags.json", "degradation.json", "metrics.json"):
+        assert (t_dir / name).exists(), name
+    assert (t_dir / "tensorboard").is_dir()
+    assert not (t_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
+    t_metrics = json.loads((t_dir / "metrics.json").read_text())
+    assert t_metrics["test"]["n"] == 10000
+    assert t_metrics["test"]["top1"] > 0.4  # 10 classes: chance is 0.1
+
+    proc = run_app("distill", *common, "--method=kd", "--epochs=3",
+                   f"--teacher={t_dir / 'teacher.keras'}", f"--output_dir={s_dir}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s_metrics = json.loads((s_dir / "metrics.json").read_text())
+    assert set(s_metrics["history"]) >= {"loss", "task", "kd"}
+    assert s_metrics["test"]["top1"] > 0.3
+    flags = json.loads((s_dir / "flags.json").read_text())
+    assert flags["method"] == "kd" and flags["student_size"] == 7
+    spec = json.loads((s_dir / "degradation.json").read_text())
+    assert spec["kernel"] == "area" and spec["sizes"] == [7]
+    # The resolved flagfile reproduces the run's settings.
+    assert "--student_size=7" in (s_dir / "flags.cfg").read_text()
+
+    proc = run_app("export", *common, f"--model={s_dir / 'student.keras'}",
+                   "--quantizations=float32,int8", "--parity_images=200",
+                   f"--output_dir={e_dir}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parity = json.loads((e_dir / "parity.json").read_text())
+    assert parity["tflite"]["float32"]["logits"]["max_abs_error"] < 1e-3
+    assert parity["tflite"]["float32"]["logits"]["top1_agreement"] == 1.0
+    assert parity["tflite"]["int8"]["logits"]["top1_agreement"] > 0.9
+    assert (e_dir / "saved_model" / "saved_model.pb").exists()
+    assert not [p for p in os.listdir(e_dir) if p.startswith(".tmp-")]
+
+    proc = run_app("evaluate", *common, f"--models={s_dir / 'student.keras'}",
+                   "--probe_sizes=7,full", f"--output_dir={tmp_path / 'eval'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
+    assert [r["probe_size"] for r in rows] == [7, 28]
+    # A 7px student sees a 28px probe only at 7px: both rows score the same.
+    assert rows[0]["top1"] == pytest.approx(s_metrics["test"]["top1"], abs=1e-6)
+    assert rows[1]["top1"] == pytest.approx(rows[0]["top1"], abs=1e-6)

@@ -1,0 +1,89 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lrface_tf.data.pipeline import single_view_dataset
+from lrface_tf.export import (
+    TFLiteModel,
+    atomic_path,
+    convert_tflite,
+    export_savedmodel,
+    parity_report,
+    save_keras,
+)
+from lrface_tf.models import build_recognizer, logits_model
+from tests.test_case import digits
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small ResNet trained briefly on real 8x8 digits (so logits mean something)."""
+    keras.utils.set_random_seed(0)
+    x, y = digits()
+    m = build_recognizer("resnet8", 8, 10, channels=1, embedding_dim=16, width_multiplier=0.5)
+    lm = logits_model(m)
+    lm.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+               metrics=["accuracy"])  # fmt: skip
+    ds = single_view_dataset(x[:1500], y[:1500], batch_size=64)
+    lm.fit(ds.repeat(), epochs=3, steps_per_epoch=25, verbose=0)
+    test = np.concatenate([b.numpy() for b, _ in single_view_dataset(x[1500:], y[1500:])])
+    acc = np.mean(np.argmax(m(test)["logits"], -1) == y[1500:])
+    assert acc > 0.8, acc  # learned something real
+    return m, test, x[:200].astype(np.float32) / 255.0, tmp_path_factory.mktemp("export")
+
+
+def test_tflite_float32_matches_keras(trained):
+    m, test, reps, out = trained
+    path = convert_tflite(m, os.path.join(out, "f32.tflite"), "float32")
+    t = TFLiteModel(path)
+    assert t.input_shape == (8, 8, 1)
+    r = parity_report(m, t, test)
+    assert r["logits"]["max_abs_error"] < 1e-4
+    assert r["logits"]["top1_agreement"] == 1.0
+    assert r["embedding"]["mean_cosine"] > 0.99999
+
+
+def test_tflite_quantized_agree_with_keras(trained):
+    m, test, reps, out = trained
+    dr = parity_report(m, TFLiteModel(convert_tflite(m, os.path.join(out, "dr.tflite"),
+                                                     "dynamic_range")), test)  # fmt: skip
+    assert dr["logits"]["top1_agreement"] >= 0.98
+    path = convert_tflite(m, os.path.join(out, "i8.tflite"), "int8", representative_images=reps)
+    t = TFLiteModel(path)
+    assert t.input_detail["dtype"] == np.int8
+    i8 = parity_report(m, t, test)
+    assert i8["logits"]["top1_agreement"] >= 0.95
+    assert i8["embedding"]["mean_cosine"] > 0.98
+    assert os.path.getsize(path) < os.path.getsize(os.path.join(out, "dr.tflite")) * 1.5
+    with pytest.raises(ValueError, match="representative_images"):
+        convert_tflite(m, os.path.join(out, "x.tflite"), "int8")
+
+
+def test_savedmodel_and_keras_round_trip(trained):
+    m, test, _, out = trained
+    sm = export_savedmodel(m, os.path.join(out, "sm"))
+    loaded = tf.saved_model.load(sm)  # keep a reference: its variables die with it
+    served = loaded.serve(tf.constant(test[:5]))
+    np.testing.assert_allclose(served["logits"], m(test[:5])["logits"], rtol=1e-5, atol=1e-5)
+    path = save_keras(m, os.path.join(out, "student.keras"))
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(again(test)["logits"], m(test)["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "model.tflite"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert os.listdir(tmp_path) == []
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert os.listdir(tmp_path) == ["model.tflite"]
