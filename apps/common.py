@@ -64,6 +64,17 @@ flags.DEFINE_float("feature_weight", 1.0, "Weight of the feature term.")
 flags.DEFINE_float("rkd_distance_weight", 25.0, "Weight of the RKD distance term.")
 flags.DEFINE_float("rkd_angle_weight", 50.0, "Weight of the RKD angle term.")
 flags.DEFINE_float("mmd_weight", 1.0, "Weight of the MK-MMD (or normalised L2) term.")
+flags.DEFINE_float("center_weight", 1.0, "Weight gamma of the class-centre term (HORKD).")
+flags.DEFINE_integer("angle_chunk_size", 0, "RKD angle: anchors per chunk (0: all at once).")
+flags.DEFINE_enum(
+    "stages",
+    "direct",
+    ["direct", "two_stage"],
+    "direct: teacher -> student; two_stage: teacher -> assistant (HR) -> student (LR).",
+)
+flags.DEFINE_string("assistant_backbone", None, "Assistant backbone (default: the student's).")
+flags.DEFINE_integer("assistant_epochs", 0, "Stage-1 epochs (0: --epochs).")
+flags.DEFINE_bool("init_from_assistant", True, "Stage 2 starts from the assistant's weights.")
 # optimisation
 flags.DEFINE_integer("epochs", 5, "Training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -158,6 +169,8 @@ def method_config():
         rkd_distance_weight=FLAGS.rkd_distance_weight,
         rkd_angle_weight=FLAGS.rkd_angle_weight,
         mmd_weight=FLAGS.mmd_weight,
+        center_weight=FLAGS.center_weight,
+        angle_chunk_size=FLAGS.angle_chunk_size or None,
     )
 
 
@@ -269,9 +282,9 @@ def paired(x, y, spec, training, seed=None, repeat=False):
 
 def train_distiller(student, teacher, terms, train_ds, *, epochs, steps, out_dir,
                     student_view="lr", task_weight=None, head=None):  # fmt: skip
-    """Compile and fit a Distiller; returns (distiller, history dict, seconds)."""
+    """Build, compile and fit a Distiller; returns (distiller, history dict, seconds)."""
     from lrface_tf.models import Distiller, task_loss_for
-    from lrface_tf.training import learning_rate_schedule, make_optimizer, standard_callbacks
+    from lrface_tf.training import compile_and_fit
 
     head = head or FLAGS.head
     distiller = Distiller(
@@ -282,25 +295,13 @@ def train_distiller(student, teacher, terms, train_ds, *, epochs, steps, out_dir
         task_weight=FLAGS.task_weight if task_weight is None else task_weight,
         student_view=student_view,
     )
-    lr = learning_rate_schedule(
-        FLAGS.learning_rate,
-        FLAGS.lr_schedule,
-        total_steps=epochs * steps,
-        steps_per_epoch=steps,
-        boundaries_epochs=FLAGS.lr_step_epochs,
-    )
-    distiller.compile(optimizer=make_optimizer(FLAGS.optimizer, lr, FLAGS.weight_decay))
-    t0 = time.perf_counter()
-    hist = distiller.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        callbacks=standard_callbacks(out_dir),
+    history, seconds = compile_and_fit(
+        distiller, train_ds, epochs=epochs, steps_per_epoch=steps, optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate, schedule=FLAGS.lr_schedule,
+        step_epochs=FLAGS.lr_step_epochs, weight_decay=FLAGS.weight_decay, output_dir=out_dir,
         verbose=FLAGS.verbose,
-        shuffle=False,
-    )
-    seconds = time.perf_counter() - t0
-    return distiller, {k: [float(v) for v in vs] for k, vs in hist.history.items()}, seconds
+    )  # fmt: skip
+    return distiller, history, seconds
 
 
 def evaluate_on_test(model, x, y, size, input_size=None, spec=None):

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from lrface_tf.losses import FeatureLoss, KDLoss, MKMMDLoss, RKDAngleLoss, RKDDistanceLoss
+from lrface_tf.losses import (
+    ClassCenterLoss,
+    FeatureLoss,
+    KDLoss,
+    MKMMDLoss,
+    RKDAngleLoss,
+    RKDDistanceLoss,
+)
 from lrface_tf.models.distiller import DistillTerm
 
 
@@ -24,10 +31,28 @@ class MethodConfig:
     rkd_distance_weight: float = 25.0
     rkd_angle_weight: float = 50.0
     mmd_weight: float = 1.0
+    center_weight: float = 1.0
+    angle_chunk_size: int | None = None
 
 
 def _kd(c):
     return {"kd": DistillTerm(KDLoss(c.kd_temperature), c.kd_weight, "logits")}
+
+
+def _horkd(*orders):
+    """HORKD (Ge et al. 2020, Eq. 8) with the chosen orders: "1", "2", "3", "C"."""
+
+    def terms(c):
+        make = {
+            "1": ("feature", lambda: DistillTerm(FeatureLoss("l1"), c.feature_weight)),
+            "2": ("rkd_distance", lambda: DistillTerm(RKDDistanceLoss(), c.rkd_distance_weight)),
+            "3": ("rkd_angle", lambda: DistillTerm(
+                RKDAngleLoss(chunk_size=c.angle_chunk_size), c.rkd_angle_weight)),
+            "C": ("class_center", lambda: DistillTerm(ClassCenterLoss(), c.center_weight)),
+        }  # fmt: skip
+        return {make[o][0]: make[o][1]() for o in orders}
+
+    return terms
 
 
 METHODS = {
@@ -46,6 +71,11 @@ METHODS = {
         "rkd_distance": DistillTerm(RKDDistanceLoss(), c.rkd_distance_weight),
         "rkd_angle": DistillTerm(RKDAngleLoss(), c.rkd_angle_weight),
     },
+    # HORKD: the ablation's best, L2 + L3 + LC without L1 (Sec. 4.4), and Fig. 4's variants.
+    "horkd": _horkd("2", "3", "C"),
+    "horkd_all": _horkd("1", "2", "3", "C"),
+    "horkd_l2_l3": _horkd("2", "3"),
+    "horkd_l2_lc": _horkd("2", "C"),
     # KD_im: hard CE + soft KD + MK-MMD on normalised features (Eq. 9).
     "kdim_mmd": lambda c: {**_kd(c), "mk_mmd": DistillTerm(MKMMDLoss(), c.mmd_weight)},
     # KD_im with the normalised-feature L2 term instead (Eq. 6).

@@ -130,3 +130,40 @@ def standard_callbacks(output_dir=None, tensorboard=True, backup=True):
         if backup:
             cbs.append(keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")))
     return cbs
+
+
+def compile_and_fit(
+    model,
+    dataset,
+    *,
+    epochs,
+    steps_per_epoch,
+    optimizer="adam",
+    learning_rate=2e-3,
+    schedule="cosine",
+    step_epochs=(),
+    weight_decay=0.0,
+    output_dir=None,
+    verbose=2,
+):
+    """Compile `model` (a Distiller) with a named optimizer/schedule and `fit()` it.
+
+    Returns:
+      (history dict of float lists, wall seconds of `fit`).
+    """
+    lr = learning_rate_schedule(
+        learning_rate, schedule, total_steps=epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch, boundaries_epochs=step_epochs,
+    )  # fmt: skip
+    model.compile(optimizer=make_optimizer(optimizer, lr, weight_decay))
+    t0 = time.perf_counter()
+    hist = model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=standard_callbacks(output_dir),
+        verbose=verbose,
+        shuffle=False,
+    )
+    seconds = time.perf_counter() - t0
+    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}, seconds

@@ -58,8 +58,12 @@ def test_flagfile_with_unknown_flag(tmp_path):
 def test_teacher_student_export_chain(tmp_path):
     if not os.path.exists(FMNIST):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
-    common = [f"--flagfile={ROOT}/configs/base.cfg", "--max_train_examples=3072", "--verbose=0",
-              "--batch_size=64"]
+    common = [
+        f"--flagfile={ROOT}/configs/base.cfg",
+        "--max_train_examples=3072",
+        "--verbose=0",
+        "--batch_size=64",
+    ]
     t_dir, s_dir, e_dir = tmp_path / "teacher", tmp_path / "student", tmp_path / "export"
     proc = run_app("train_teacher", *common, "--epochs=3", f"--output_dir={t_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from lrface_tf.losses import (
+    ClassCenterLoss,
     FeatureLoss,
     KDLoss,
     MaskedCrossEntropy,
@@ -29,6 +30,7 @@ def _terms():
         "rkd_distance": DistillTerm(RKDDistanceLoss(), 1.0),
         "rkd_angle": DistillTerm(RKDAngleLoss(), 2.0),
         "mk_mmd": DistillTerm(MKMMDLoss(), 1.0),
+        "class_center": DistillTerm(ClassCenterLoss(), 0.5),
     }
 
 
@@ -46,7 +48,8 @@ def _train(strategy, steps=2):
         d.compile(optimizer=keras.optimizers.SGD(0.1))
     ds = tf.data.Dataset.from_tensor_slices(({"hr": XH, "lr": XL}, Y)).batch(B)
     hist = d.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-    return [w.copy() for w in student.get_weights()], hist.history, d
+    centers = [d.class_centers.centers.numpy(), d.class_centers.counts.numpy()]
+    return [w.copy() for w in student.get_weights()] + centers, hist.history, d
 
 
 def test_mirrored_two_replicas_equal_one_device(mirrored):
@@ -66,7 +69,7 @@ def test_each_term_logged_and_weighted_sum_is_the_loss():
     total = 0.7 * h["task"][0] + sum(weights[k] * h[k][0] for k in weights)
     np.testing.assert_allclose(h["loss"][0], total, rtol=1e-5)
     # dims 5 vs 6: feature and MMD get a projection; RKD compares relations only.
-    assert set(d.projections) == {"feature", "mk_mmd"}
+    assert set(d.projections) == {"feature", "mk_mmd", "class_center"}
 
 
 def test_teacher_frozen_batchnorm_untouched_student_trained():

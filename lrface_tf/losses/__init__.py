@@ -1,5 +1,6 @@
 """Loss terms: `keras.losses.Loss` subclasses called as `loss(teacher, student)`."""
 
+from lrface_tf.losses.class_center import ClassCenterLoss
 from lrface_tf.losses.classification import MarginCrossEntropy, MaskedCrossEntropy
 from lrface_tf.losses.feature import FeatureLoss
 from lrface_tf.losses.kd import KDLoss
@@ -7,6 +8,7 @@ from lrface_tf.losses.mmd import MKMMDLoss
 from lrface_tf.losses.rkd import RKDAngleLoss, RKDDistanceLoss
 
 __all__ = [
+    "ClassCenterLoss",
     "FeatureLoss",
     "KDLoss",
     "MKMMDLoss",

@@ -7,6 +7,7 @@ import dataclasses
 import keras
 from keras import layers, ops
 
+from lrface_tf.layers.class_centers import ClassCenters
 from lrface_tf.losses.distribute import unscale_for_replicas
 
 OUTPUTS = ("embedding", "logits")
@@ -120,6 +121,15 @@ class Distiller(keras.Model):
                 proj = layers.Dense(t_dim, use_bias=False, name=f"proj_{name}")
                 proj.build((None, s_dim))
                 self.projections[name] = proj
+        # Class-centre terms (HORKD Eq. 6-7) share one centre state, kept in the
+        # supervisor's embedding space and updated from labelled batches.
+        self.class_centers = None
+        center_terms = [t for t in self.terms.values() if getattr(t.loss, "needs_centers", False)]
+        if center_terms:
+            source = center_terms[0].source
+            supervisor = self.teacher if source == "teacher" else self.assistant
+            self.class_centers = ClassCenters(student.output["logits"].shape[-1], name="centers")
+            self.class_centers.build(supervisor.output["embedding"].shape)
         self.trackers = {"task": keras.metrics.Mean(name="task")} if task_loss else {}
         for name in self.terms:
             self.trackers[name] = keras.metrics.Mean(name=name)
@@ -153,14 +163,29 @@ class Distiller(keras.Model):
             total = total + self.task_weight * task
         if self.terms:
             sup = self.supervisor_outputs(x)
+            centers = None
             for name, term in self.terms.items():
                 student_value = y_pred[term.output]
                 if name in self.projections:
                     student_value = self.projections[name](student_value)
-                value = term.loss(sup[term.source][term.output], student_value)
+                target = sup[term.source][term.output]
+                if getattr(term.loss, "needs_centers", False):
+                    if centers is None:  # one centre update per step, shared by the terms
+                        centers = self._class_centers(target, y, training, name)
+                    target = {"embedding": target, "centers": centers[0], "valid": centers[1]}
+                value = term.loss(target, student_value)
                 self.trackers[name].update_state(unscale_for_replicas(value))
                 total = total + term.weight * value
         return total
+
+    def _class_centers(self, embeddings, y, training, term_name):
+        """Update (training) or read the class centres: `(centers (C, D), valid (C,))`."""
+        if y is None:
+            raise ValueError(f"term {term_name!r} needs labels to compute class centres")
+        if training:
+            return self.class_centers(embeddings, y)
+        valid = ops.cast(self.class_centers.counts > 0, "float32")
+        return ops.convert_to_tensor(self.class_centers.centers), valid
 
     @property
     def metrics(self):

@@ -61,3 +61,33 @@ def embedding_model(recognizer):
     return keras.Model(
         recognizer.input, recognizer.output["embedding"], name=f"{recognizer.name}_embedding"
     )
+
+
+def copy_weights_by_name(source, target):
+    """Copy weights layer by layer, matching layer names (recursing into nested models).
+
+    Used to start a low-resolution student from a high-resolution assistant of
+    the same architecture (HORKD stage 2): the weights are size-agnostic, but
+    the layer order of a functional graph can differ with the input size
+    (stride-2 padding layers appear only where a stage downsamples).
+
+    Returns:
+      number of layers copied; raises if a weighted layer of `target` has no
+      counterpart in `source`.
+    """
+    src = {layer.name: layer for layer in _weighted_layers(source)}
+    copied = 0
+    for layer in _weighted_layers(target):
+        if layer.name not in src:
+            raise ValueError(f"{source.name} has no layer {layer.name!r} to copy into {target.name}")
+        layer.set_weights(src[layer.name].get_weights())
+        copied += 1
+    return copied
+
+
+def _weighted_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _weighted_layers(layer)
+        elif layer.weights:
+            yield layer
