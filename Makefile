@@ -39,7 +39,7 @@ data:
 	fi
 
 demo: venv data
-	$(PY) -m apps.demo --flagfile=configs/demo.cfg
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m apps.demo --flagfile=configs/demo.cfg
 
 test: venv data
 	$(PY) -m pytest -q tests
