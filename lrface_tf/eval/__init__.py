@@ -1,5 +1,38 @@
-"""Evaluation: classification accuracy (verification and identification: issue 6)."""
+"""Evaluation: classification, verification (K-fold, ROC, EER), identification, plots."""
 
+from lrface_tf.eval.callbacks import VerificationCallback
 from lrface_tf.eval.classification import classification_accuracy, predict_logits, top_k_accuracy
+from lrface_tf.eval.embeddings import extract_embeddings
+from lrface_tf.eval.identification import cmc_curve, rank_k
+from lrface_tf.eval.verification import (
+    auc,
+    best_threshold,
+    cosine_scores,
+    equal_error_rate,
+    kfold_accuracy,
+    roc_curve,
+    similarity_statistics,
+    stratified_folds,
+    tar_at_far,
+    verification_report,
+)
 
-__all__ = ["classification_accuracy", "predict_logits", "top_k_accuracy"]
+__all__ = [
+    "VerificationCallback",
+    "extract_embeddings",
+    "auc",
+    "best_threshold",
+    "classification_accuracy",
+    "cmc_curve",
+    "cosine_scores",
+    "equal_error_rate",
+    "kfold_accuracy",
+    "predict_logits",
+    "rank_k",
+    "roc_curve",
+    "similarity_statistics",
+    "stratified_folds",
+    "tar_at_far",
+    "top_k_accuracy",
+    "verification_report",
+]

@@ -79,7 +79,9 @@ def copy_weights_by_name(source, target):
     copied = 0
     for layer in _weighted_layers(target):
         if layer.name not in src:
-            raise ValueError(f"{source.name} has no layer {layer.name!r} to copy into {target.name}")
+            raise ValueError(
+                f"{source.name} has no layer {layer.name!r} to copy into {target.name}"
+            )
         layer.set_weights(src[layer.name].get_weights())
         copied += 1
     return copied

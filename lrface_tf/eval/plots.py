@@ -1,0 +1,72 @@
+"""Plots written next to the JSON results (matplotlib, Agg backend, PNG)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(curves, path, title="ROC"):
+    """curves: {label: (fpr, tpr)}; log-scale FAR axis."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(np.maximum(fpr, 1e-4), tpr, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_similarity_histograms(scores, same, path, title="cosine similarity"):
+    """Positive vs negative pair similarity histograms (CRRCD Fig. 5)."""
+    from lrface_tf.eval.verification import similarity_statistics
+
+    plt = _plt()
+    scores, same = np.asarray(scores), np.asarray(same, bool)
+    stats = similarity_statistics(scores, same)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.linspace(-1, 1, 61)
+    ax.hist(scores[same], bins, alpha=0.6, density=True, label="same person")
+    ax.hist(scores[~same], bins, alpha=0.6, density=True, label="different people")
+    ax.set_title(
+        f"{title}\nintersection {stats['histogram_intersection']:.3f}, "
+        f"margin {stats['expectation_margin']:.3f}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_size(series, path, ylabel="accuracy (%)"):
+    """series: {label: [(probe_size, accuracy), ...]}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, pts in series.items():
+        xs, ys = zip(*sorted(pts))
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("probe size (px)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
