@@ -19,6 +19,15 @@ import tensorflow as tf
 UNLABELLED = -1
 
 
+def flip_decision(seed):
+    """The horizontal-flip coin of one element: a bool tensor from its stateless seed.
+
+    Shared by the augmentation and the teacher cache, which must know which
+    variant (flipped or not) the teacher would have seen.
+    """
+    return tf.random.stateless_uniform([], seed=seed) < 0.5
+
+
 def augment_flip_crop(image, seed, pad=None, flip=True):
     """Random horizontal flip and a random crop from a reflect-padded image.
 
@@ -30,7 +39,7 @@ def augment_flip_crop(image, seed, pad=None, flip=True):
     h, w = image.shape[0], image.shape[1]
     pad = h // 8 if pad is None else pad
     if flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed)
+        image = tf.cond(flip_decision(seed), lambda: tf.reverse(image, [1]), lambda: image)
     if pad:
         padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
         image = tf.image.stateless_random_crop(padded, [h, w, image.shape[2]], seed=seed + 7)
@@ -88,6 +97,7 @@ def paired_dataset(
     drop_remainder=None,
     repeat=False,
     hr_size=None,
+    teacher_cache=None,
 ):
     """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
 
@@ -104,10 +114,18 @@ def paired_dataset(
       drop_remainder: default `training`.
       repeat: repeat forever (use with `steps_per_epoch`).
       hr_size: resize the HR view to this size first (area), if it differs.
+      teacher_cache: a `TeacherCache` built on the same `images` (arrays only):
+        the batch dict then also carries "teacher_embedding" / "teacher_logits"
+        of the variant (flipped or not) the HR view shows, and the Distiller
+        skips the teacher's forward pass. Needs augment "none" or "flip"
+        (a random crop has no finite set of variants to cache).
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {augment!r}: use one of {', '.join(AUGMENTATIONS)}")
-    ds = _as_dataset(images, labels)
+    if teacher_cache is not None:
+        ds = _with_cache(images, labels, teacher_cache, augment if training else "none")
+    else:
+        ds = _as_dataset(images, labels)
     if training:
         n = ds.cardinality()
         buf = shuffle_buffer or (int(n) if n > 0 else 10_000)
@@ -119,13 +137,39 @@ def paired_dataset(
     ds = tf.data.Dataset.zip((ds, seeds))
 
     def _map(element, s):
-        image, label = element
         s = tf.cast(s % (2**31 - 1), tf.int32)
-        return paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
+        if teacher_cache is None:
+            image, label = element
+            return paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
+        image, label, emb, logits = element
+        views, label = paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
+        v = tf.cast(flip_decision(s), tf.int32) if aug is not None else 0
+        return {**views, "teacher_embedding": emb[v], "teacher_logits": logits[v]}, label
 
     ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     drop = training if drop_remainder is None else drop_remainder
     return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
+def _with_cache(images, labels, cache, augment):
+    if isinstance(images, tf.data.Dataset):
+        raise ValueError("teacher_cache needs in-memory arrays, not a tf.data.Dataset")
+    if augment not in ("none", "flip"):
+        raise ValueError(
+            f"teacher_cache works with augment 'none' or 'flip', got {augment!r}: "
+            "a random crop has no finite set of variants to cache"
+        )
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if len(images) != cache.num_examples:
+        raise ValueError(f"teacher cache has {cache.num_examples} examples, data has {len(images)}")
+    emb = np.swapaxes(cache.embedding, 0, 1)  # (N, V, D)
+    logits = np.swapaxes(cache.logits, 0, 1)
+    if augment == "flip" and emb.shape[1] < 2:
+        raise ValueError("augment 'flip' needs a cache built with variants ('none', 'flip')")
+    labels = np.asarray(labels, np.int32)
+    return tf.data.Dataset.from_tensor_slices((images, labels, emb, logits))
 
 
 def single_view_dataset(images, labels, *, size=None, batch_size=256, spec=None):
