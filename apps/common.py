@@ -75,6 +75,9 @@ flags.DEFINE_enum(
 flags.DEFINE_string("assistant_backbone", None, "Assistant backbone (default: the student's).")
 flags.DEFINE_integer("assistant_epochs", 0, "Stage-1 epochs (0: --epochs).")
 flags.DEFINE_bool("init_from_assistant", True, "Stage 2 starts from the assistant's weights.")
+flags.DEFINE_bool("teacher_cache", False,
+                  "Cache the frozen teacher's outputs once per example and flip variant "
+                  "(KD_im); needs --augment=none or flip.")  # fmt: skip
 # optimisation
 flags.DEFINE_integer("epochs", 5, "Training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -261,7 +264,7 @@ def write_run_record(out_dir, spec, extra):
 _OUR_FLAGS = {f.name for f in FLAGS.get_flags_for_module(__name__)}
 
 
-def paired(x, y, spec, training, seed=None, repeat=False):
+def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None):
     from lrface_tf.data.datasets import IdentityFolder, identity_folder_dataset
     from lrface_tf.data.pipeline import paired_dataset
 
@@ -277,6 +280,7 @@ def paired(x, y, spec, training, seed=None, repeat=False):
         seed=FLAGS.seed if seed is None else seed,
         hr_size=FLAGS.teacher_size,
         repeat=repeat,
+        teacher_cache=teacher_cache,
     )
 
 

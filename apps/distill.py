@@ -42,6 +42,12 @@ def main(argv):
         raise ValueError(f"method {FLAGS.method} needs --teacher=<teacher.keras>")
     if FLAGS.stages == "two_stage" and not terms_needed:
         raise ValueError("--stages=two_stage needs a distillation method, not baseline")
+    cache_ok = FLAGS.augment in ("none", "flip") and FLAGS.stages == "direct"
+    if FLAGS.teacher_cache and not (cache_ok and FLAGS.data == "fashion_mnist"):
+        raise ValueError(
+            "--teacher_cache needs --augment=none or flip, --stages=direct and in-memory data "
+            f"(got --augment={FLAGS.augment}, --stages={FLAGS.stages}, --data={FLAGS.data})"
+        )
     data = common.load_data()
     out = common.output_dir(f"distill_{FLAGS.method}")
     import keras
@@ -65,7 +71,18 @@ def main(argv):
         if FLAGS.stages == "two_stage" and FLAGS.init_from_assistant:
             copy_weights_by_name(teacher, student)
         terms = method_terms(FLAGS.method, common.method_config())
-        ds = common.paired(x, y, spec, training=True, repeat=True)
+        cache = None
+        if FLAGS.teacher_cache and terms_needed:
+            from lrface_tf.data.teacher_cache import load_or_build
+
+            variants = ("none", "flip") if FLAGS.augment == "flip" else ("none",)
+            cache, status = load_or_build(
+                os.path.join(out, "teacher_cache.npz"), teacher, x, variants,
+                hr_size=FLAGS.teacher_size, progress=FLAGS.verbose > 0,
+            )  # fmt: skip
+            print(f"teacher cache: {status}")
+            result["teacher_cache"] = status
+        ds = common.paired(x, y, spec, training=True, repeat=True, teacher_cache=cache)
         stage_dir = os.path.join(out, "stage2_student") if FLAGS.stages == "two_stage" else out
         _, history, seconds = common.train_distiller(
             student, teacher, terms, ds, epochs=FLAGS.epochs, steps=steps, out_dir=stage_dir

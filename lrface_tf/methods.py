@@ -10,6 +10,7 @@ import dataclasses
 
 from lrface_tf.losses import (
     ClassCenterLoss,
+    CRRCDLoss,
     FeatureLoss,
     KDLoss,
     MKMMDLoss,
@@ -33,6 +34,12 @@ class MethodConfig:
     mmd_weight: float = 1.0
     center_weight: float = 1.0
     angle_chunk_size: int | None = None
+    crrcd_weight: float = 2.0
+    crrcd_tau: float = 0.1
+    crrcd_queue: int = 512
+    crrcd_sampling: str = "supervised"
+    crrcd_dim: int = 128
+    data_size: int = 50000
 
 
 def _kd(c):
@@ -76,6 +83,14 @@ METHODS = {
     "horkd_all": _horkd("1", "2", "3", "C"),
     "horkd_l2_l3": _horkd("2", "3"),
     "horkd_l2_lc": _horkd("2", "C"),
+    # CRRCD (Eq. 13): L_cls + alpha KD + beta relation contrastive (alpha 0.5, beta 2, T 4).
+    "crrcd": lambda c: {
+        **_kd(c),
+        "crrcd": DistillTerm(
+            CRRCDLoss(c.crrcd_dim, c.crrcd_queue, c.crrcd_tau, c.data_size, c.crrcd_sampling),
+            c.crrcd_weight,
+        ),
+    },
     # KD_im: hard CE + soft KD + MK-MMD on normalised features (Eq. 9).
     "kdim_mmd": lambda c: {**_kd(c), "mk_mmd": DistillTerm(MKMMDLoss(), c.mmd_weight)},
     # KD_im with the normalised-feature L2 term instead (Eq. 6).

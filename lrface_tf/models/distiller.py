@@ -8,7 +8,7 @@ import keras
 from keras import layers, ops
 
 from lrface_tf.layers.class_centers import ClassCenters
-from lrface_tf.losses.distribute import unscale_for_replicas
+from lrface_tf.losses.distribute import scale_for_replicas, unscale_for_replicas
 
 OUTPUTS = ("embedding", "logits")
 SOURCES = ("teacher", "assistant")
@@ -130,6 +130,15 @@ class Distiller(keras.Model):
             supervisor = self.teacher if source == "teacher" else self.assistant
             self.class_centers = ClassCenters(student.output["logits"].shape[-1], name="centers")
             self.class_centers.build(supervisor.output["embedding"].shape)
+        # Trainable loss modules (e.g. CRRCD's relation networks and queue) are
+        # Layers: tracked here so their weights train with the student's.
+        self.loss_modules = []
+        for term in self.terms.values():
+            if isinstance(term.loss, layers.Layer):
+                supervisor = self.teacher if term.source == "teacher" else self.assistant
+                term.loss.build(supervisor.output[term.output].shape,
+                                student.output[term.output].shape)  # fmt: skip
+                self.loss_modules.append(term.loss)
         self.trackers = {"task": keras.metrics.Mean(name="task")} if task_loss else {}
         for name in self.terms:
             self.trackers[name] = keras.metrics.Mean(name=name)
@@ -173,7 +182,15 @@ class Distiller(keras.Model):
                     if centers is None:  # one centre update per step, shared by the terms
                         centers = self._class_centers(target, y, training, name)
                     target = {"embedding": target, "centers": centers[0], "valid": centers[1]}
-                value = term.loss(target, student_value)
+                if isinstance(term.loss, layers.Layer):
+                    labels = (
+                        y if y is not None else ops.zeros(ops.shape(student_value)[:1], "int32")
+                    )
+                    per_anchor = term.loss(target, student_value, labels, training=training)
+                    # A hand-made mean: divide by the replica count like Keras' Loss does.
+                    value = scale_for_replicas(ops.mean(per_anchor))
+                else:
+                    value = term.loss(target, student_value)
                 self.trackers[name].update_state(unscale_for_replicas(value))
                 total = total + term.weight * value
         return total
