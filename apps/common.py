@@ -65,6 +65,12 @@ flags.DEFINE_float("rkd_distance_weight", 25.0, "Weight of the RKD distance term
 flags.DEFINE_float("rkd_angle_weight", 50.0, "Weight of the RKD angle term.")
 flags.DEFINE_float("mmd_weight", 1.0, "Weight of the MK-MMD (or normalised L2) term.")
 flags.DEFINE_float("center_weight", 1.0, "Weight gamma of the class-centre term (HORKD).")
+flags.DEFINE_float("crrcd_weight", 2.0, "Weight beta of the CRRCD relation contrastive term.")
+flags.DEFINE_float("crrcd_tau", 0.1, "CRRCD critic temperature tau.")
+flags.DEFINE_integer("crrcd_queue", 512, "CRRCD negatives kept in the queue (n).")
+flags.DEFINE_enum("crrcd_sampling", "supervised", ["supervised", "unsupervised"],
+                  "CRRCD negatives: different label only, or any.")  # fmt: skip
+flags.DEFINE_integer("crrcd_dim", 128, "CRRCD projection / relation size.")
 flags.DEFINE_integer("angle_chunk_size", 0, "RKD angle: anchors per chunk (0: all at once).")
 flags.DEFINE_enum(
     "stages",
@@ -163,8 +169,14 @@ def spec_from_flags():
     )
 
 
-def method_config():
+def method_config(data_size=50000):
     return MethodConfig(
+        crrcd_weight=FLAGS.crrcd_weight,
+        crrcd_tau=FLAGS.crrcd_tau,
+        crrcd_queue=FLAGS.crrcd_queue,
+        crrcd_sampling=FLAGS.crrcd_sampling,
+        crrcd_dim=FLAGS.crrcd_dim,
+        data_size=data_size,
         kd_temperature=FLAGS.kd_temperature,
         kd_weight=FLAGS.kd_weight,
         task_weight=FLAGS.task_weight,

@@ -70,7 +70,7 @@ def main(argv):
         student = _build(data, FLAGS.student_backbone, size, "student")
         if FLAGS.stages == "two_stage" and FLAGS.init_from_assistant:
             copy_weights_by_name(teacher, student)
-        terms = method_terms(FLAGS.method, common.method_config())
+        terms = method_terms(FLAGS.method, common.method_config(n))
         cache = None
         if FLAGS.teacher_cache and terms_needed:
             from lrface_tf.data.teacher_cache import load_or_build
@@ -115,7 +115,7 @@ def _stage1_assistant(data, teacher, x, y, spec, steps, out):
             "--init_from_assistant needs --assistant_backbone equal to --student_backbone"
         )
     assistant = _build(data, backbone, FLAGS.teacher_size, "assistant")
-    terms = method_terms(FLAGS.method, common.method_config())
+    terms = method_terms(FLAGS.method, common.method_config(steps * FLAGS.batch_size))
     ds = common.paired(x, y, spec, training=True, repeat=True)
     epochs = FLAGS.assistant_epochs or FLAGS.epochs
     _, history, seconds = common.train_distiller(
