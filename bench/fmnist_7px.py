@@ -29,6 +29,7 @@ METHODS = {
     "horkd_l2_l3": ("horkd_l2_l3", "direct"),
     "horkd_l2_lc": ("horkd_l2_lc", "direct"),
     "horkd_all": ("horkd_all", "direct"),
+    "crrcd": ("crrcd", "direct"),
 }
 
 
@@ -77,6 +78,7 @@ def main(argv=None):
         kd_temperature=args.kd_temperature, kd_weight=args.kd_weight, task_weight=1.0,
         rkd_distance_weight=args.rkd_distance_weight, rkd_angle_weight=args.rkd_angle_weight,
         center_weight=args.center_weight, feature_weight=args.feature_weight,
+        data_size=len(y),
     )  # fmt: skip
 
     def net(size, name):
