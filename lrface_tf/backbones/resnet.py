@@ -37,43 +37,37 @@ def _conv_bn(x, filters, kernel, stride, name, activation="relu"):
         filters, kernel, strides=stride, padding=padding, use_bias=False, name=f"{name}_conv"
     )(x)
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
-    if activation == "prelu":
-        x = layers.PReLU(shared_axes=[1, 2], name=f"{name}_prelu")(x)
-    elif activation:
-        x = layers.Activation(activation, name=f"{name}_{activation}")(x)
+    if activation:
+        x = _activate(x, activation, f"{name}_{activation}")
     return x
+
+
+def _residual(x, y, out, stride, name, activation):
+    """y + shortcut(x), the shortcut projected (and pooled) when the shape changes."""
+    shortcut = x
+    if stride > 1 or x.shape[-1] != out:
+        shortcut = _conv_bn(x, out, 1, 1, f"{name}_proj", activation=None)
+        if stride > 1:
+            pool = layers.AveragePooling2D(stride, padding="same", name=f"{name}_pool")
+            shortcut = pool(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return _activate(y, activation, f"{name}_out")
 
 
 def basic_block(x, filters, stride, name, activation="relu"):
     """Two 3x3 conv-BN layers with a projection shortcut when the shape changes."""
-    shortcut = x
     y = _conv_bn(x, filters, 3, stride, f"{name}_a", activation)
     y = _conv_bn(y, filters, 3, 1, f"{name}_b", activation=None)
-    if stride > 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, 1, f"{name}_proj", activation=None)
-        if stride > 1:
-            shortcut = layers.AveragePooling2D(stride, padding="same", name=f"{name}_pool")(
-                shortcut
-            )
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return _activate(y, activation, f"{name}_out")
+    return _residual(x, y, filters, stride, name, activation)
 
 
 def bottleneck_block(x, filters, stride, name, activation="relu", expansion=4):
     """1x1 reduce, 3x3, 1x1 expand (ResNet-50 style)."""
     out = filters * expansion
-    shortcut = x
     y = _conv_bn(x, filters, 1, 1, f"{name}_a", activation)
     y = _conv_bn(y, filters, 3, stride, f"{name}_b", activation)
     y = _conv_bn(y, out, 1, 1, f"{name}_c", activation=None)
-    if stride > 1 or x.shape[-1] != out:
-        shortcut = _conv_bn(x, out, 1, 1, f"{name}_proj", activation=None)
-        if stride > 1:
-            shortcut = layers.AveragePooling2D(stride, padding="same", name=f"{name}_pool")(
-                shortcut
-            )
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return _activate(y, activation, f"{name}_out")
+    return _residual(x, y, out, stride, name, activation)
 
 
 def _activate(x, activation, name):

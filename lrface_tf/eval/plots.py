@@ -14,6 +14,15 @@ def _plt():
     return plt
 
 
+def _finish(fig, ax, path):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
 def plot_roc(curves, path, title="ROC"):
     """curves: {label: (fpr, tpr)}; log-scale FAR axis."""
     plt = _plt()
@@ -24,12 +33,7 @@ def plot_roc(curves, path, title="ROC"):
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def plot_similarity_histograms(scores, same, path, title="cosine similarity"):
@@ -48,11 +52,7 @@ def plot_similarity_histograms(scores, same, path, title="cosine similarity"):
         f"margin {stats['expectation_margin']:.3f}",
         fontsize=9,
     )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
 
 
 def plot_accuracy_vs_size(series, path, ylabel="accuracy (%)"):
@@ -64,9 +64,4 @@ def plot_accuracy_vs_size(series, path, ylabel="accuracy (%)"):
         ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel("probe size (px)")
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path)
