@@ -158,3 +158,54 @@ def test_verification_callback_and_embeddings(tmp_path):
     # random pairs, so accuracy is far above chance.
     assert h.history["val_verification_accuracy"][0] > 0.8
     assert os.listdir(tmp_path / "tb")
+
+
+def _colour_people(root, people=6, per=3, size=24):
+    """root/<person>/<person>_000k.jpg: each person a distinct colour, plus noise."""
+    import tensorflow as tf
+
+    rng = np.random.RandomState(1)
+    colours = rng.randint(30, 225, (people, 3))
+    for p in range(people):
+        os.makedirs(root / f"P{p}")
+        for k in range(per):
+            img = np.clip(colours[p] + rng.randint(-8, 9, (size, size, 3)), 0, 255).astype(np.uint8)
+            tf.io.write_file(str(root / f"P{p}" / f"P{p}_{k + 1:04d}.jpg"), tf.io.encode_jpeg(img))
+    lines = ["2 4"]
+    for fold in range(2):
+        for i in range(4):
+            p = (fold * 4 + i) % people
+            lines.append(f"P{p} 1 {2 + (i % 2)}")
+        for i in range(4):
+            p, q = (fold + i) % people, (fold + i + 3) % people
+            lines.append(f"P{p} 1 P{q} 2")
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return str(root / "pairs.txt")
+
+
+def test_evaluate_pairs_end_to_end(tmp_path):
+    import keras
+
+    from lrface_tf.eval import evaluate_pairs, load_pair_images
+    from lrface_tf.eval.pairs import prepare
+
+    pairs = _colour_people(tmp_path)
+    data = load_pair_images(pairs, str(tmp_path), size=16)
+    assert data["images_a"].shape == (16, 16, 16, 3) and data["folds"] is not None
+    # An "embedding" of the centred mean colour: identities are colours here.
+    image = keras.Input((16, 16, 3))
+    emb = keras.layers.GlobalAveragePooling2D()(image)
+    emb = keras.layers.Lambda(lambda e: e - 0.5)(emb)
+    model = keras.Model(image, {"embedding": emb})
+    full = evaluate_pairs(model, data)
+    assert full["accuracy"] == 1.0 and full["side"] == "probe" and full["probe_size"] == 16
+    # A mean colour survives any downsampling: still perfect at 2 px, both sides.
+    low = evaluate_pairs(model, data, probe_size=2, side="both")
+    assert low["accuracy"] == 1.0 and low["probe_size"] == 2
+    # The probe is degraded then brought back to the input size; the gallery is untouched.
+    x = prepare(data["images_b"][:2], 16, 4)
+    assert x.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(prepare(data["images_a"][:2], 16), data["images_a"][:2] / 255.0,
+                               atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="side"):
+        evaluate_pairs(model, data, side="gallery")
