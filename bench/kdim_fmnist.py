@@ -116,8 +116,11 @@ def main(argv=None):
     timings["epoch_seconds_uncached"] = hist_nc["epoch_seconds"]
     timings["epoch_seconds_student_only"] = h_alone["epoch_seconds"]
     # Ratios from epochs after the first (the first includes tracing).
-    alone_epoch = float(np.median(h_alone["epoch_seconds"][1:] or h_alone["epoch_seconds"]))
-    cached_epoch = float(np.median(timings["epoch_seconds_cached"][1:]))
+    def steady(seconds):
+        return float(np.median(seconds[1:] or seconds))
+
+    alone_epoch = steady(h_alone["epoch_seconds"])
+    cached_epoch = steady(timings["epoch_seconds_cached"])
     timings["ratio_distill_cached_over_student_only"] = round(cached_epoch / alone_epoch, 3)
     timings["ratio_distill_uncached_over_student_only"] = round(
         hist_nc["epoch_seconds"][0] / h_alone["epoch_seconds"][0], 3

@@ -145,8 +145,14 @@ def compile_and_fit(
     weight_decay=0.0,
     output_dir=None,
     verbose=2,
+    callbacks=(),
 ):
     """Compile `model` (a Distiller) with a named optimizer/schedule and `fit()` it.
+
+    `dataset` may be a callable `start_step -> dataset`: it is called after
+    compiling with the optimizer's `iterations`, so a step-indexed stream
+    (`paired_dataset(..., start_step=...)`) resumes exactly where a run killed
+    and restored by `BackupAndRestore` left off.
 
     Returns:
       (history dict of float lists, wall seconds of `fit`).
@@ -156,12 +162,14 @@ def compile_and_fit(
         steps_per_epoch=steps_per_epoch, boundaries_epochs=step_epochs,
     )  # fmt: skip
     model.compile(optimizer=make_optimizer(optimizer, lr, weight_decay))
+    if callable(dataset):
+        dataset = dataset(model.optimizer.iterations)
     t0 = time.perf_counter()
     hist = model.fit(
         dataset,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=standard_callbacks(output_dir),
+        callbacks=[*standard_callbacks(output_dir), *callbacks],
         verbose=verbose,
         shuffle=False,
     )

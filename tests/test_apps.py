@@ -107,3 +107,28 @@ def test_teacher_student_export_chain(tmp_path):
     # A 7px student sees a 28px probe only at 7px: both rows score the same.
     assert rows[0]["top1"] == pytest.approx(s_metrics["test"]["top1"], abs=1e-6)
     assert rows[1]["top1"] == pytest.approx(rows[0]["top1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    if not os.path.exists(FMNIST):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
+    import keras
+    import numpy as np
+
+    base = [f"--flagfile={ROOT}/configs/base.cfg", "--method=baseline", "--max_train_examples=1024",
+            "--batch_size=64", "--epochs=3", "--verbose=0", "--student_width=0.5",
+            "--deterministic"]  # fmt: skip
+    ref, run = tmp_path / "uninterrupted", tmp_path / "killed"
+    proc = run_app("distill", *base, f"--output_dir={ref}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 16 steps per epoch: die by SIGKILL in the middle of epoch 2.
+    proc = run_app("distill", *base, f"--output_dir={run}", "--debug_sigkill_at_step=24")
+    assert proc.returncode == -9
+    assert (run / "backup").is_dir() and not (run / "student.keras").exists()
+    proc = run_app("distill", *base, f"--output_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = keras.saving.load_model(ref / "student.keras", compile=False).get_weights()
+    b = keras.saving.load_model(run / "student.keras", compile=False).get_weights()
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)

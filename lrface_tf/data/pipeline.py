@@ -98,6 +98,7 @@ def paired_dataset(
     repeat=False,
     hr_size=None,
     teacher_cache=None,
+    start_step=None,
 ):
     """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
 
@@ -119,25 +120,19 @@ def paired_dataset(
         of the variant (flipped or not) the HR view shows, and the Distiller
         skips the teacher's forward pass. Needs augment "none" or "flip"
         (a random crop has no finite set of variants to cache).
+      start_step: resumable mode (arrays, training only): an endless stream in
+        which the batch at global step g depends only on (seed, g) — epoch
+        e = g // steps_per_epoch uses the permutation and augmentation seeds of
+        (seed, e, example). The stream starts at `start_step`, an int or a
+        variable read when the iterator is created (pass the optimizer's
+        `iterations`: after `BackupAndRestore` restores it, a resumed run sees
+        exactly the batches an uninterrupted run would have seen).
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {augment!r}: use one of {', '.join(AUGMENTATIONS)}")
-    if teacher_cache is not None:
-        ds = _with_cache(images, labels, teacher_cache, augment if training else "none")
-    else:
-        ds = _as_dataset(images, labels)
-    if training:
-        n = ds.cardinality()
-        buf = shuffle_buffer or (int(n) if n > 0 else 10_000)
-        ds = ds.shuffle(buf, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
     aug = AUGMENTATIONS[augment] if training else None
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
 
-    def _map(element, s):
-        s = tf.cast(s % (2**31 - 1), tf.int32)
+    def _views(element, s):
         if teacher_cache is None:
             image, label = element
             return paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
@@ -146,30 +141,97 @@ def paired_dataset(
         v = tf.cast(flip_decision(s), tf.int32) if aug is not None else 0
         return {**views, "teacher_embedding": emb[v], "teacher_logits": logits[v]}, label
 
+    if start_step is not None:
+        if not training:
+            raise ValueError("start_step (resumable stream) is for training datasets")
+        arrays = _arrays(images, labels, teacher_cache, augment)
+        ds = _step_indexed_stream(len(arrays[1]), batch_size, seed, start_step)
+        consts = tuple(tf.constant(a) for a in arrays)
+
+        def _map(e, i):
+            s = tf.cast(tf.stack([(seed * 1_000_003 + e) % (2**31 - 1), i]), tf.int32)
+            return _views(tuple(tf.gather(c, i) for c in consts), s)
+
+        ds = ds.map(lambda ei: _map(ei[0], ei[1]), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)  # fmt: skip
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    if teacher_cache is not None:
+        ds = tf.data.Dataset.from_tensor_slices(_arrays(images, labels, teacher_cache, augment))
+    else:
+        ds = _as_dataset(images, labels)
+    if training:
+        n = ds.cardinality()
+        buf = shuffle_buffer or (int(n) if n > 0 else 10_000)
+        ds = ds.shuffle(buf, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def _map(element, s):
+        return _views(element, tf.cast(s % (2**31 - 1), tf.int32))
+
     ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     drop = training if drop_remainder is None else drop_remainder
     return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
 
-def _with_cache(images, labels, cache, augment):
+def _arrays(images, labels, cache, augment):
+    """(images, labels[, embeddings (N, V, D), logits (N, V, C)]) as numpy arrays."""
     if isinstance(images, tf.data.Dataset):
-        raise ValueError("teacher_cache needs in-memory arrays, not a tf.data.Dataset")
+        raise ValueError(
+            "a teacher cache or a resumable stream needs in-memory arrays, not a tf.data.Dataset"
+        )
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = np.asarray(labels, np.int32)
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    if cache is None:
+        return images, labels
     if augment not in ("none", "flip"):
         raise ValueError(
             f"teacher_cache works with augment 'none' or 'flip', got {augment!r}: "
             "a random crop has no finite set of variants to cache"
         )
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
     if len(images) != cache.num_examples:
         raise ValueError(f"teacher cache has {cache.num_examples} examples, data has {len(images)}")
     emb = np.swapaxes(cache.embedding, 0, 1)  # (N, V, D)
     logits = np.swapaxes(cache.logits, 0, 1)
     if augment == "flip" and emb.shape[1] < 2:
         raise ValueError("augment 'flip' needs a cache built with variants ('none', 'flip')")
-    labels = np.asarray(labels, np.int32)
-    return tf.data.Dataset.from_tensor_slices((images, labels, emb, logits))
+    return images, labels, emb, logits
+
+
+def _step_indexed_stream(n, batch_size, seed, start_step):
+    """Endless (epoch, example index) pairs from global step `start_step` on."""
+    steps = n // batch_size
+    if steps < 1:
+        raise ValueError(f"{n} examples make no full batch of {batch_size}")
+    per_epoch = steps * batch_size
+
+    def epoch(e):
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e])
+        )
+        return tf.data.Dataset.from_tensor_slices(
+            tf.stack([tf.fill([per_epoch], e), perm[:per_epoch]], axis=1)
+        )
+
+    def from_step(g):
+        return (
+            tf.data.Dataset.range(g // steps, 2**62).flat_map(epoch).skip((g % steps) * batch_size)
+        )
+
+    def read(_):
+        value = start_step
+        if not isinstance(value, tf.Variable) and hasattr(value, "value"):  # a Keras variable
+            value = value.value
+        return tf.cast(tf.convert_to_tensor(value), tf.int64)
+
+    return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(read).flat_map(from_step)
 
 
 def single_view_dataset(images, labels, *, size=None, batch_size=256, spec=None):
