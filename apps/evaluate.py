@@ -91,13 +91,15 @@ def verification(models, out):
     rows, curves, md = [], {}, []
     for path, model in models.items():
         name = os.path.basename(path)
+        cache = {}
         md += [f"### {name}", "", "| probe | " + " | ".join(FLAGS.sides) + " |",
                "|---" * (len(FLAGS.sides) + 1) + "|"]  # fmt: skip
         for p in _sizes():
             cells = []
             for side in FLAGS.sides:
                 r = evaluate_pairs(model, data, p, side, FLAGS.degrade_kernel,
-                                   FLAGS.upsample_kernel, FLAGS.flip_fusion)  # fmt: skip
+                                   FLAGS.upsample_kernel, FLAGS.flip_fusion,
+                                   cache=cache)  # fmt: skip
                 scores, roc = r.pop("scores"), r.pop("roc")
                 rows.append({"model": path, **r})
                 cells.append(f"{100 * r['accuracy']:.2f} +- {100 * r['accuracy_std']:.2f}")

@@ -81,13 +81,16 @@ def _embed(model, x, flip_fusion, batch_size):
 
 
 def evaluate_pairs(model, data, probe_size=None, side="probe", kernel="area",
-                   upsample_kernel="bilinear", flip_fusion=False, batch_size=256):  # fmt: skip
+                   upsample_kernel="bilinear", flip_fusion=False, batch_size=256,
+                   cache=None):  # fmt: skip
     """Verification report of one model under one degradation condition.
 
     Args:
       data: the dict of `load_pair_images`.
       probe_size: None (full resolution) or the LR size in pixels.
       side: "probe" (second image degraded) or "both".
+      cache: optional dict reused across calls for the same model and data: the
+        embeddings of each (side of the pair, size) condition are computed once.
 
     Returns:
       `verification_report` dict plus the condition, and "roc" (fpr, tpr) lists.
@@ -95,11 +98,17 @@ def evaluate_pairs(model, data, probe_size=None, side="probe", kernel="area",
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     size = model_input_size(model)
-    deg_a = probe_size if side == "both" else None
-    xa = prepare(data["images_a"], size, deg_a, kernel, upsample_kernel)
-    xb = prepare(data["images_b"], size, probe_size, kernel, upsample_kernel)
-    scores = cosine_scores(_embed(model, xa, flip_fusion, batch_size),
-                           _embed(model, xb, flip_fusion, batch_size))  # fmt: skip
+    cache = {} if cache is None else cache
+
+    def embed(which, degrade_to):
+        key = (id(model), which, degrade_to, kernel, upsample_kernel, flip_fusion)
+        if key not in cache:
+            x = prepare(data[which], size, degrade_to, kernel, upsample_kernel)
+            cache[key] = _embed(model, x, flip_fusion, batch_size)
+        return cache[key]
+
+    ea = embed("images_a", probe_size if side == "both" else None)
+    scores = cosine_scores(ea, embed("images_b", probe_size))
     report = verification_report(scores, data["same"], data["folds"])
     fpr, tpr, _ = roc_curve(scores, data["same"])
     report.update({
