@@ -107,12 +107,16 @@ def main(argv=None):
     t28 = top1(teacher, 28)
 
     json_path = os.path.join(RESULTS, f"{args.name}.json")
-    rows = []
+    rows, commands = [], []
     if os.path.exists(json_path):
         import json
 
         with open(json_path) as f:
-            rows = json.load(f)["rows"]
+            previous = json.load(f)
+        rows = previous["rows"]
+        commands = previous.get("commands", [previous.get("command", "")])
+    command = "python -m bench.fmnist_7px " + " ".join(argv if argv is not None else sys.argv[1:])
+    commands = [c for c in commands if c and c != command.strip()] + [command.strip()]
     done = {(r["method"], r["seed"]) for r in rows}
     for method in args.methods.split(","):
         terms_name, stages = METHODS[method]
@@ -138,14 +142,14 @@ def main(argv=None):
             }  # fmt: skip
             rows.append(row)
             print(row, flush=True)
-            _write(json_path, rows, args, t28, write_json, write_text)
-    _write(json_path, rows, args, t28, write_json, write_text)
+            _write(json_path, rows, commands, args, t28, write_json, write_text)
+    _write(json_path, rows, commands, args, t28, write_json, write_text)
 
 
-def _write(json_path, rows, args, teacher_top1, write_json, write_text):
-    command = "python -m bench.fmnist_7px " + " ".join(sys.argv[1:])
+def _write(json_path, rows, commands, args, teacher_top1, write_json, write_text):
+    """JSON rows + the markdown table (rows come from the listed commands, in order)."""
     write_json(json_path, {
-        "rows": rows, "command": command.strip(),
+        "rows": rows, "commands": commands,
         "date": datetime.date.today().isoformat(), "teacher_top1_28": round(100 * teacher_top1, 2),
         "settings": vars(args),
     })  # fmt: skip
@@ -153,7 +157,7 @@ def _write(json_path, rows, args, teacher_top1, write_json, write_text):
         f"Fashion-MNIST, student ResNet-8 at 7x7 (area), {args.epochs} epochs; "
         f"teacher ResNet-8 at 28x28: {100 * teacher_top1:.2f}% top-1.",
         "",
-        f"Command: `{command.strip()}`",
+        "Commands (rows accumulate across them): " + "; ".join(f"`{c}`" for c in commands),
         "",
         "| method | seeds | top-1 mean +- std (%) | train seconds (mean) |",
         "|---|---|---|---|",

@@ -25,7 +25,7 @@ class VerificationCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, images_a, images_b, same, folds=None, model_fn=None, log_dir=None,
-                 batch_size=256):  # fmt: skip
+                 batch_size=64):  # fmt: skip
         super().__init__()
         self.images_a, self.images_b = images_a, images_b
         self.same = np.asarray(same, bool)

@@ -81,7 +81,7 @@ def _embed(model, x, flip_fusion, batch_size):
 
 
 def evaluate_pairs(model, data, probe_size=None, side="probe", kernel="area",
-                   upsample_kernel="bilinear", flip_fusion=False, batch_size=256,
+                   upsample_kernel="bilinear", flip_fusion=False, batch_size=64,
                    cache=None):  # fmt: skip
     """Verification report of one model under one degradation condition.
 
