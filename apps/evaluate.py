@@ -88,6 +88,7 @@ def verification(models, out):
     if bad:
         raise ValueError(f"unknown sides {bad}: use probe, both")
     data = load_pair_images(FLAGS.pairs, FLAGS.image_root, FLAGS.image_size, FLAGS.image_ext)
+    os.makedirs(out, exist_ok=True)
     rows, curves, md = [], {}, []
     for path, model in models.items():
         name = os.path.basename(path)
@@ -111,7 +112,6 @@ def verification(models, out):
                     )  # fmt: skip
             md.append(f"| {p or 'full'} | " + " | ".join(cells) + " |")
         md.append("")
-    os.makedirs(out, exist_ok=True)
     if curves:
         plot_roc(curves, os.path.join(out, "roc.png"))
     series = {}
