@@ -132,3 +132,29 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     b = keras.saving.load_model(run / "student.keras", compile=False).get_weights()
     for u, v in zip(a, b):
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
+    import keras
+
+    from tests.test_eval import _colour_people
+
+    pairs = _colour_people(tmp_path / "faces")
+    image = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(image)
+    centre = keras.initializers.Constant(-0.5)
+    emb = keras.layers.Dense(3, kernel_initializer="identity", bias_initializer=centre)(pooled)
+    keras.Model(image, {"embedding": emb}).save(tmp_path / "m.keras")
+    out = tmp_path / "eval"
+    proc = run_app("evaluate", f"--pairs={pairs}", f"--image_root={tmp_path / 'faces'}",
+                   "--image_size=16", f"--models={tmp_path / 'm.keras'}",
+                   "--probe_sizes=4,full", "--sides=probe,both", f"--output_dir={out}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    conditions = [(r["probe_size"], r["side"]) for r in rows]
+    assert conditions == [(4, "probe"), (4, "both"), (16, "probe"), (16, "both")]
+    assert all(r["accuracy"] == 1.0 for r in rows)
+    for png in ("roc.png", "accuracy_vs_size.png", "similarity_m.keras.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "| 4 | 100.00 +- 0.00 | 100.00 +- 0.00 |" in (out / "results.md").read_text()
