@@ -284,17 +284,19 @@ def write_run_record(out_dir, spec, extra):
 _OUR_FLAGS = {f.name for f in FLAGS.get_flags_for_module(__name__)}
 
 
-def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None):
+def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None, num_classes=None):
     """The training dataset; for in-memory data, a resumable step-indexed stream:
     returns `start_step -> dataset` (see `lrface_tf.training.compile_and_fit`)."""
     import tensorflow as tf
 
     from lrface_tf.data.datasets import IdentityFolder, identity_folder_dataset
-    from lrface_tf.data.pipeline import paired_dataset
+    from lrface_tf.data.pipeline import check_labels, paired_dataset
 
     if isinstance(x, IdentityFolder):
         x = identity_folder_dataset(x, FLAGS.teacher_size)
     elif training and repeat and not isinstance(x, tf.data.Dataset):
+        if num_classes is not None:
+            check_labels(y, num_classes)
         return lambda start_step: paired_dataset(
             x, y, spec=spec, batch_size=FLAGS.batch_size, augment=FLAGS.augment,
             seed=FLAGS.seed if seed is None else seed, hr_size=FLAGS.teacher_size,

@@ -82,7 +82,8 @@ def main(argv):
             )  # fmt: skip
             print(f"teacher cache: {status}")
             result["teacher_cache"] = status
-        ds = common.paired(x, y, spec, training=True, repeat=True, teacher_cache=cache)
+        ds = common.paired(x, y, spec, training=True, repeat=True, teacher_cache=cache,
+                           num_classes=data["num_classes"])  # fmt: skip
         stage_dir = os.path.join(out, "stage2_student") if FLAGS.stages == "two_stage" else out
         _, history, seconds = common.train_distiller(
             student, teacher, terms, ds, epochs=FLAGS.epochs, steps=steps, out_dir=stage_dir
@@ -116,7 +117,7 @@ def _stage1_assistant(data, teacher, x, y, spec, steps, out):
         )
     assistant = _build(data, backbone, FLAGS.teacher_size, "assistant")
     terms = method_terms(FLAGS.method, common.method_config(steps * FLAGS.batch_size))
-    ds = common.paired(x, y, spec, training=True, repeat=True)
+    ds = common.paired(x, y, spec, training=True, repeat=True, num_classes=data["num_classes"])
     epochs = FLAGS.assistant_epochs or FLAGS.epochs
     _, history, seconds = common.train_distiller(
         assistant, teacher, terms, ds, epochs=epochs, steps=steps, out_dir=stage_dir,

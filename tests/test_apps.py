@@ -75,6 +75,18 @@ def test_teacher_student_export_chain(tmp_path):
     assert t_metrics["test"]["n"] == 10000
     assert t_metrics["test"]["top1"] > 0.4  # 10 classes: chance is 0.1
 
+    # A teacher of another input size is refused before anything is written.
+    proc = run_app(
+        "distill",
+        *common,
+        "--method=kd",
+        "--teacher_size=32",
+        f"--teacher={t_dir / 'teacher.keras'}",
+        f"--output_dir={tmp_path / 'x'}",
+    )
+    assert "takes 28x28 inputs but --teacher_size=32" in one_line_error(proc)
+    assert not (tmp_path / "x").exists()
+
     proc = run_app("distill", *common, "--method=kd", "--epochs=3",
                    f"--teacher={t_dir / 'teacher.keras'}", f"--output_dir={s_dir}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -83,3 +83,15 @@ def test_resumable_stream_depends_only_on_the_global_step():
     np.testing.assert_array_equal(_batches(ds, 1)[0][2], full[0][2])
     step.assign(7)
     np.testing.assert_array_equal(_batches(ds, 1)[0][2], full[7][2])
+
+
+def test_out_of_range_labels_are_refused_up_front():
+    import pytest
+
+    x, y = digits(20)
+    y = y.copy()
+    y[7] = 12
+    with pytest.raises(ValueError, match="label 12 at index 7 is out of range for 10 classes"):
+        paired_dataset(x, y, spec=DegradationSpec(sizes=(4,)), batch_size=4, num_classes=10)
+    y[7] = -1  # unlabelled is fine
+    paired_dataset(x, y, spec=DegradationSpec(sizes=(4,)), batch_size=4, num_classes=10)

@@ -99,6 +99,7 @@ def paired_dataset(
     hr_size=None,
     teacher_cache=None,
     start_step=None,
+    num_classes=None,
 ):
     """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
 
@@ -127,7 +128,11 @@ def paired_dataset(
         variable read when the iterator is created (pass the optimizer's
         `iterations`: after `BackupAndRestore` restores it, a resumed run sees
         exactly the batches an uninterrupted run would have seen).
+      num_classes: when given, array labels must lie in [-1, num_classes)
+        (-1: unlabelled); anything else stops with an error before training.
     """
+    if num_classes is not None and labels is not None and not isinstance(images, tf.data.Dataset):
+        check_labels(labels, num_classes)
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {augment!r}: use one of {', '.join(AUGMENTATIONS)}")
     aug = AUGMENTATIONS[augment] if training else None
@@ -175,6 +180,18 @@ def paired_dataset(
     ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     drop = training if drop_remainder is None else drop_remainder
     return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
+def check_labels(labels, num_classes):
+    """Labels must be -1 (unlabelled) or a class index in [0, num_classes)."""
+    labels = np.asarray(labels)
+    bad = (labels < -1) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"label {int(labels[i])} at index {i} is out of range for {num_classes} classes "
+            f"({int(bad.sum())} such labels); use 0..{num_classes - 1}, or -1 for unlabelled"
+        )
 
 
 def _arrays(images, labels, cache, augment):
