@@ -123,3 +123,19 @@ def test_crrcd_two_replicas_equal_one_device(mirrored):
     for a, b in zip(w1[1] + w1[2], w2[1] + w2[2]):  # student + CRRCD module (queue included)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(h1["crrcd"], h2["crrcd"], rtol=1e-4)
+
+
+def test_negative_weight_scales_only_the_negative_term():
+    paper, mean = _module(queue=8), _module(queue=8)
+    mean.negative_weight = 1.0
+    mean.set_weights(paper.get_weights())
+    t, s = RNG.randn(4, 6).astype(np.float32), RNG.randn(4, 5).astype(np.float32)
+    y = np.array([0, 1, 2, 3])
+    pos_only = paper(t, s, y).numpy()  # empty queue: both are the positive term alone
+    np.testing.assert_allclose(mean(t, s, y).numpy(), pos_only, rtol=1e-6)
+    keys = RNG.randn(8, 6).astype(np.float32)
+    for m in (paper, mean):
+        m.queue.enqueue(keys, np.full(8, 5))
+    neg_paper = paper(t, s, y).numpy() - pos_only
+    neg_mean = mean(t, s, y).numpy() - pos_only
+    np.testing.assert_allclose(neg_paper, 8 * neg_mean, rtol=1e-4)

@@ -68,6 +68,8 @@ class CRRCDLoss(layers.Layer):
       tau: critic temperature (0.1).
       data_size: m in Eq. 10, the training-set size.
       sampling: "supervised" or "unsupervised".
+      negative_weight: the factor on the mean negative term; None uses n (the
+        queue size), as Eq. 11 writes it.
 
     Call arguments:
       teacher: `(B, Dt)` teacher embeddings (gradient stopped).
@@ -80,7 +82,7 @@ class CRRCDLoss(layers.Layer):
     """
 
     def __init__(self, dim=128, queue_size=512, tau=0.1, data_size=50000,
-                 sampling="supervised", **kwargs):  # fmt: skip
+                 sampling="supervised", negative_weight=None, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
@@ -88,6 +90,7 @@ class CRRCDLoss(layers.Layer):
             raise ValueError(f"need tau > 0 and data_size >= 1, got {tau}, {data_size}")
         self.dim, self.queue_size, self.tau = int(dim), int(queue_size), float(tau)
         self.data_size, self.sampling = int(data_size), sampling
+        self.negative_weight = negative_weight
         self.proj_t = layers.Dense(dim, name="proj_t")
         self.proj_s = layers.Dense(dim, name="proj_s")
         self.rel_t = RelationModule(dim, name="relation_t")
@@ -129,7 +132,8 @@ class CRRCDLoss(layers.Layer):
             mask = mask * differ
         count = ops.sum(mask, axis=1)
         neg_mean = ops.sum(log_neg * mask, axis=1) / ops.maximum(count, 1.0)
-        loss = -log_pos - self.queue_size * neg_mean
+        n = self.queue_size if self.negative_weight is None else self.negative_weight
+        loss = -log_pos - n * neg_mean
         if training:
             self.queue.enqueue(teacher, labels)
         return loss
@@ -138,4 +142,5 @@ class CRRCDLoss(layers.Layer):
         return {
             **super().get_config(), "dim": self.dim, "queue_size": self.queue_size,
             "tau": self.tau, "data_size": self.data_size, "sampling": self.sampling,
+            "negative_weight": self.negative_weight,
         }  # fmt: skip
