@@ -71,6 +71,9 @@ flags.DEFINE_integer("crrcd_queue", 512, "CRRCD negatives kept in the queue (n).
 flags.DEFINE_enum("crrcd_sampling", "supervised", ["supervised", "unsupervised"],
                   "CRRCD negatives: different label only, or any.")  # fmt: skip
 flags.DEFINE_integer("crrcd_dim", 128, "CRRCD projection / relation size.")
+flags.DEFINE_float(
+    "crrcd_negative_weight", 0.0, "Factor on CRRCD's mean negative term; 0: n, as in Eq. 11."
+)
 flags.DEFINE_integer("angle_chunk_size", 0, "RKD angle: anchors per chunk (0: all at once).")
 flags.DEFINE_enum(
     "stages",
@@ -184,6 +187,7 @@ def method_config(data_size=50000):
         crrcd_queue=FLAGS.crrcd_queue,
         crrcd_sampling=FLAGS.crrcd_sampling,
         crrcd_dim=FLAGS.crrcd_dim,
+        crrcd_negative_weight=FLAGS.crrcd_negative_weight or None,
         data_size=data_size,
         kd_temperature=FLAGS.kd_temperature,
         kd_weight=FLAGS.kd_weight,

@@ -12,6 +12,7 @@ and bench/results/fmnist_7px.md gets the mean +- std table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import sys
@@ -30,6 +31,8 @@ METHODS = {
     "horkd_l2_lc": ("horkd_l2_lc", "direct"),
     "horkd_all": ("horkd_all", "direct"),
     "crrcd": ("crrcd", "direct"),
+    # Eq. 11's negative term averaged instead of multiplied by n (see README).
+    "crrcd_mean_negatives": ("crrcd", "direct"),
 }
 
 
@@ -124,7 +127,10 @@ def main(argv=None):
             if (method, seed) in done:
                 continue
             keras.utils.set_random_seed(seed)
-            terms = method_terms(terms_name, config)
+            cfg = config
+            if method == "crrcd_mean_negatives":
+                cfg = dataclasses.replace(config, crrcd_negative_weight=1.0)
+            terms = method_terms(terms_name, cfg)
             supervisor, seconds = (teacher if terms else None), 0.0
             if stages == "two_stage":
                 assistant = net(28, "assistant")

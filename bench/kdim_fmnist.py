@@ -115,6 +115,7 @@ def main(argv=None):
                            epochs=1)  # fmt: skip
     timings["epoch_seconds_uncached"] = hist_nc["epoch_seconds"]
     timings["epoch_seconds_student_only"] = h_alone["epoch_seconds"]
+
     # Ratios from epochs after the first (the first includes tracing).
     def steady(seconds):
         return float(np.median(seconds[1:] or seconds))

@@ -40,6 +40,7 @@ class MethodConfig:
     crrcd_sampling: str = "supervised"
     crrcd_dim: int = 128
     data_size: int = 50000
+    crrcd_negative_weight: float | None = None
 
 
 def _kd(c):
@@ -87,7 +88,14 @@ METHODS = {
     "crrcd": lambda c: {
         **_kd(c),
         "crrcd": DistillTerm(
-            CRRCDLoss(c.crrcd_dim, c.crrcd_queue, c.crrcd_tau, c.data_size, c.crrcd_sampling),
+            CRRCDLoss(
+                c.crrcd_dim,
+                c.crrcd_queue,
+                c.crrcd_tau,
+                c.data_size,
+                c.crrcd_sampling,
+                negative_weight=c.crrcd_negative_weight,
+            ),
             c.crrcd_weight,
         ),
     },
