@@ -4,6 +4,7 @@ turns flags into library arguments, checks impossible combinations up front
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -181,24 +182,13 @@ def spec_from_flags():
 
 
 def method_config(data_size=50000):
-    return MethodConfig(
-        crrcd_weight=FLAGS.crrcd_weight,
-        crrcd_tau=FLAGS.crrcd_tau,
-        crrcd_queue=FLAGS.crrcd_queue,
-        crrcd_sampling=FLAGS.crrcd_sampling,
-        crrcd_dim=FLAGS.crrcd_dim,
-        crrcd_negative_weight=FLAGS.crrcd_negative_weight or None,
-        data_size=data_size,
-        kd_temperature=FLAGS.kd_temperature,
-        kd_weight=FLAGS.kd_weight,
-        task_weight=FLAGS.task_weight,
-        feature_weight=FLAGS.feature_weight,
-        rkd_distance_weight=FLAGS.rkd_distance_weight,
-        rkd_angle_weight=FLAGS.rkd_angle_weight,
-        mmd_weight=FLAGS.mmd_weight,
-        center_weight=FLAGS.center_weight,
-        angle_chunk_size=FLAGS.angle_chunk_size or None,
-    )
+    """MethodConfig from the flags of the same names (0 means "none" for the two optional ones)."""
+    values = {
+        f.name: FLAGS[f.name].value for f in dataclasses.fields(MethodConfig) if f.name in FLAGS
+    }
+    values["angle_chunk_size"] = FLAGS.angle_chunk_size or None
+    values["crrcd_negative_weight"] = FLAGS.crrcd_negative_weight or None
+    return MethodConfig(**{**values, "data_size": data_size})
 
 
 def load_data():
