@@ -132,13 +132,11 @@ def run(main):
 
 def configure_devices():
     """Logical CPU devices (and op determinism) must be set before TF initialises; call first."""
-    if FLAGS.deterministic:
-        import tensorflow as tf
+    import tensorflow as tf
 
+    if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
     if FLAGS.cpu_devices > 1:
-        import tensorflow as tf
-
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_devices

@@ -66,7 +66,7 @@ def main(argv):
         keras.utils.set_random_seed(FLAGS.seed)
         teacher = common.load_teacher(FLAGS.teacher, FLAGS.teacher_size) if terms_needed else None
         if FLAGS.stages == "two_stage":
-            teacher, result["stage1"] = _stage1_assistant(data, teacher, x, y, spec, steps, out)
+            teacher, result["stage1"] = _stage1_assistant(data, teacher, x, y, spec, n, out)
         student = _build(data, FLAGS.student_backbone, size, "student")
         if FLAGS.stages == "two_stage" and FLAGS.init_from_assistant:
             copy_weights_by_name(teacher, student)
@@ -97,7 +97,7 @@ def main(argv):
     common.write_run_record(out, spec, {**result, "data": data["report"]})
 
 
-def _stage1_assistant(data, teacher, x, y, spec, steps, out):
+def _stage1_assistant(data, teacher, x, y, spec, n, out):
     """Cross-structure stage: teacher -> assistant on HR views; skipped when done."""
     import keras
 
@@ -116,7 +116,8 @@ def _stage1_assistant(data, teacher, x, y, spec, steps, out):
             "--init_from_assistant needs --assistant_backbone equal to --student_backbone"
         )
     assistant = _build(data, backbone, FLAGS.teacher_size, "assistant")
-    terms = method_terms(FLAGS.method, common.method_config(steps * FLAGS.batch_size))
+    terms = method_terms(FLAGS.method, common.method_config(n))
+    steps = n // FLAGS.batch_size
     ds = common.paired(x, y, spec, training=True, repeat=True, num_classes=data["num_classes"])
     epochs = FLAGS.assistant_epochs or FLAGS.epochs
     _, history, seconds = common.train_distiller(

@@ -72,16 +72,11 @@ def paired_views(image, label, spec, seed, augment=None, hr_size=None):
     return {"hr": hr, "lr": lr}, label
 
 
-def _as_dataset(images, labels):
-    if isinstance(images, tf.data.Dataset):
+def _as_dataset(images, labels, teacher_cache=None, augment=None):
+    """A `tf.data.Dataset` of the elements `_arrays` builds (a dataset passes through)."""
+    if isinstance(images, tf.data.Dataset) and teacher_cache is None:
         return images
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    labels = np.asarray(labels, dtype=np.int32)
-    if len(images) != len(labels):
-        raise ValueError(f"got {len(images)} images but {len(labels)} labels")
-    return tf.data.Dataset.from_tensor_slices((images, labels))
+    return tf.data.Dataset.from_tensor_slices(_arrays(images, labels, teacher_cache, augment))
 
 
 def paired_dataset(
@@ -161,10 +156,7 @@ def paired_dataset(
                     deterministic=True)  # fmt: skip
         return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
-    if teacher_cache is not None:
-        ds = tf.data.Dataset.from_tensor_slices(_arrays(images, labels, teacher_cache, augment))
-    else:
-        ds = _as_dataset(images, labels)
+    ds = _as_dataset(images, labels, teacher_cache, augment)
     if training:
         n = ds.cardinality()
         buf = shuffle_buffer or (int(n) if n > 0 else 10_000)

@@ -114,8 +114,7 @@ class Distiller(keras.Model):
                 raise ValueError(f"term {name!r} reads the assistant, but no assistant was given")
         self.projections = {}
         for name, term in self.terms.items():
-            supervisor = self.teacher if term.source == "teacher" else self.assistant
-            t_dim = supervisor.output[term.output].shape[-1]
+            t_dim = self._supervisor(term.source).output[term.output].shape[-1]
             s_dim = student.output[term.output].shape[-1]
             if t_dim != s_dim and getattr(term.loss, "needs_same_dim", False):
                 proj = layers.Dense(t_dim, use_bias=False, name=f"proj_{name}")
@@ -126,8 +125,7 @@ class Distiller(keras.Model):
         self.class_centers = None
         center_terms = [t for t in self.terms.values() if getattr(t.loss, "needs_centers", False)]
         if center_terms:
-            source = center_terms[0].source
-            supervisor = self.teacher if source == "teacher" else self.assistant
+            supervisor = self._supervisor(center_terms[0].source)
             self.class_centers = ClassCenters(student.output["logits"].shape[-1], name="centers")
             self.class_centers.build(supervisor.output["embedding"].shape)
         # Trainable loss modules (e.g. CRRCD's relation networks and queue) are
@@ -135,7 +133,7 @@ class Distiller(keras.Model):
         self.loss_modules = []
         for term in self.terms.values():
             if isinstance(term.loss, layers.Layer):
-                supervisor = self.teacher if term.source == "teacher" else self.assistant
+                supervisor = self._supervisor(term.source)
                 term.loss.build(supervisor.output[term.output].shape,
                                 student.output[term.output].shape)  # fmt: skip
                 self.loss_modules.append(term.loss)
@@ -145,6 +143,10 @@ class Distiller(keras.Model):
         # Every sub-model and projection is built: the Distiller is usable by
         # BackupAndRestore and checkpoints before its first step.
         self.built = True
+
+    def _supervisor(self, source):
+        """The frozen model a term reads: "teacher" or "assistant"."""
+        return self.teacher if source == "teacher" else self.assistant
 
     # ------------------------------------------------------------------ forward
     def _student_input(self, x):
