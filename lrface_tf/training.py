@@ -132,6 +132,24 @@ def standard_callbacks(output_dir=None, tensorboard=True, backup=True):
     return cbs
 
 
+def restored_step(model, output_dir):
+    """The global step a resumed run starts at: 0, or the step of the backup.
+
+    Loads `output_dir/backup` (what `BackupAndRestore` restores again in
+    `on_train_begin`) *before* the dataset exists, so a step-indexed stream is
+    built from a plain int. Reading the optimizer's `iterations` lazily inside
+    tf.data raced with the restore: `fit()` peeks at the iterator before the
+    callbacks run, and some resumed runs started from step 0.
+    """
+    path = os.path.join(output_dir, "backup", "latest.weights.h5") if output_dir else None
+    if not path or not os.path.exists(path):
+        return 0
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return int(model.optimizer.iterations.numpy())
+
+
 def compile_and_fit(
     model,
     dataset,
@@ -150,9 +168,9 @@ def compile_and_fit(
     """Compile `model` (a Distiller) with a named optimizer/schedule and `fit()` it.
 
     `dataset` may be a callable `start_step -> dataset`: it is called after
-    compiling with the optimizer's `iterations`, so a step-indexed stream
-    (`paired_dataset(..., start_step=...)`) resumes exactly where a run killed
-    and restored by `BackupAndRestore` left off.
+    compiling with the step restored from `output_dir/backup` (0 without one),
+    so a step-indexed stream (`paired_dataset(..., start_step=...)`) resumes
+    exactly where a run killed and restored by `BackupAndRestore` left off.
 
     Returns:
       (history dict of float lists, wall seconds of `fit`).
@@ -163,7 +181,7 @@ def compile_and_fit(
     )  # fmt: skip
     model.compile(optimizer=make_optimizer(optimizer, lr, weight_decay))
     if callable(dataset):
-        dataset = dataset(model.optimizer.iterations)
+        dataset = dataset(restored_step(model, output_dir))
     t0 = time.perf_counter()
     hist = model.fit(
         dataset,

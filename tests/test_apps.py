@@ -122,11 +122,6 @@ def test_teacher_student_export_chain(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone (5 of 5 runs) but failed 2 of 4 full-suite runs with different "
-    "weights: a resume-order race not yet found (issue 8)",
-)
 def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     if not os.path.exists(FMNIST):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
