@@ -209,3 +209,20 @@ def test_evaluate_pairs_end_to_end(tmp_path):
                                atol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="side"):
         evaluate_pairs(model, data, side="gallery")
+
+
+def test_linear_probe_separates_real_digits_and_not_shuffled_labels():
+    from lrface_tf.eval import linear_probe
+    from tests.test_case import digits
+
+    x, y = digits()
+    e = x.reshape(len(x), -1).astype(np.float32)  # raw pixels as a frozen "embedding"
+    tr, te = np.arange(len(y)) % 4 != 0, np.arange(len(y)) % 4 == 0
+    real = linear_probe(e[tr], y[tr] + 100, e[te], y[te] + 100, epochs=60)
+    # Linear classifiers reach ~95% on 8x8 digits; chance is 10%.
+    assert real["top1"] > 0.9 and real["top5"] >= real["top1"]
+    shuffled = np.random.default_rng(0).permutation(y[tr])
+    noise = linear_probe(e[tr], shuffled, e[te], y[te], epochs=60)
+    assert noise["top1"] < 0.25  # labels carry no signal: about chance on the test split
+    with pytest.raises(ValueError, match=r"test identities \[7\]"):
+        linear_probe(e[tr][y[tr] != 7], y[tr][y[tr] != 7], e[te], y[te])

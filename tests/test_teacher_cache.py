@@ -81,3 +81,52 @@ def test_cache_refuses_random_crops(setup):
         paired_dataset(x, y, spec=SPEC, batch_size=8, augment="flip_crop", teacher_cache=cache)
     with pytest.raises(ValueError, match="variants"):
         paired_dataset(x, y, spec=SPEC, batch_size=8, augment="flip", teacher_cache=cache)
+
+
+def _embedding_only(teacher):
+    return keras.Model(teacher.input, {"embedding": teacher.output["embedding"]})
+
+
+def test_embedding_only_teacher_caches_round_trip_and_feed_no_logits(setup, tmp_path):
+    x, y, teacher = setup
+    emb_teacher = _embedding_only(teacher)
+    path = str(tmp_path / "emb.npz")
+    cache, status = load_or_build(path, emb_teacher, x, progress=False)
+    assert status == "built" and cache.logits is None
+    again, status = load_or_build(path, emb_teacher, x, progress=False)
+    assert status == "loaded" and again.logits is None
+    np.testing.assert_array_equal(again.embedding, cache.embedding)
+    views, _ = next(iter(paired_dataset(x, y, spec=SPEC, batch_size=32, augment="flip", seed=5,
+                                        teacher_cache=again)))  # fmt: skip
+    assert "teacher_logits" not in views
+    ref = emb_teacher(views["hr"], training=False)["embedding"]
+    np.testing.assert_allclose(views["teacher_embedding"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_class_means_reference_values():
+    from lrface_tf.teachers import class_means
+
+    e = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    means = class_means(e, np.array([0, 0, 1]), 2)
+    # class 0: mean of (1, 0) and (0, 1) normalised; class 1: (1, 1) normalised.
+    np.testing.assert_allclose(means, np.full((2, 2), 2**-0.5), rtol=1e-6)
+    with pytest.raises(ValueError, match="class 2 has no example"):
+        class_means(e, np.array([0, 0, 1]), 3)
+
+
+def test_class_mean_head_logits_and_the_cache_built_from_embeddings(setup):
+    from lrface_tf.teachers import add_head_logits, class_means, with_class_mean_head
+
+    x, y, teacher = setup
+    emb_teacher = _embedding_only(teacher)
+    cache = TeacherCache.build(emb_teacher, x, progress=False)
+    wrapped = with_class_mean_head(emb_teacher, cache.embedding[0], y, 10, scale=8.0)
+    assert not wrapped.trainable_weights
+    out = wrapped.predict_on_batch(x[:16].astype("float32") / 255.0)
+    e = out["embedding"] / np.linalg.norm(out["embedding"], axis=-1, keepdims=True)
+    np.testing.assert_allclose(out["logits"], 8.0 * e @ class_means(cache.embedding[0], y, 10).T,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    full = add_head_logits(cache, wrapped, x)
+    built = TeacherCache.build(wrapped, x, progress=False)
+    assert full.fingerprint == built.fingerprint
+    np.testing.assert_allclose(full.logits, built.logits, rtol=1e-4, atol=1e-4)

@@ -136,10 +136,13 @@ def paired_dataset(
         if teacher_cache is None:
             image, label = element
             return paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
-        image, label, emb, logits = element
+        image, label, emb, *logits = element
         views, label = paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
         v = tf.cast(flip_decision(s), tf.int32) if aug is not None else 0
-        return {**views, "teacher_embedding": emb[v], "teacher_logits": logits[v]}, label
+        views["teacher_embedding"] = emb[v]
+        if logits:  # an embedding-only teacher's cache has none
+            views["teacher_logits"] = logits[0][v]
+        return views, label
 
     if start_step is not None:
         if not training:
@@ -187,7 +190,7 @@ def check_labels(labels, num_classes):
 
 
 def _arrays(images, labels, cache, augment):
-    """(images, labels[, embeddings (N, V, D), logits (N, V, C)]) as numpy arrays."""
+    """(images, labels[, embeddings (N, V, D)[, logits (N, V, C)]]) as numpy arrays."""
     if isinstance(images, tf.data.Dataset):
         raise ValueError(
             "a teacher cache or a resumable stream needs in-memory arrays, not a tf.data.Dataset"
@@ -208,10 +211,11 @@ def _arrays(images, labels, cache, augment):
     if len(images) != cache.num_examples:
         raise ValueError(f"teacher cache has {cache.num_examples} examples, data has {len(images)}")
     emb = np.swapaxes(cache.embedding, 0, 1)  # (N, V, D)
-    logits = np.swapaxes(cache.logits, 0, 1)
     if augment == "flip" and emb.shape[1] < 2:
         raise ValueError("augment 'flip' needs a cache built with variants ('none', 'flip')")
-    return images, labels, emb, logits
+    if cache.logits is None:
+        return images, labels, emb
+    return images, labels, emb, np.swapaxes(cache.logits, 0, 1)
 
 
 def _step_indexed_stream(n, batch_size, seed, start_step):

@@ -41,7 +41,11 @@ def fingerprint(teacher, images, variants=VARIANTS, hr_size=None):
 
 @dataclasses.dataclass
 class TeacherCache:
-    """Teacher outputs per variant and example: embedding `(V, N, D)`, logits `(V, N, C)`."""
+    """Teacher outputs per variant and example: embedding `(V, N, D)`, logits `(V, N, C)`.
+
+    `logits` is None for an embedding-only teacher (a pretrained face model);
+    `lrface_tf.teachers.with_class_mean_head` adds logits to such a cache.
+    """
 
     embedding: np.ndarray
     logits: np.ndarray
@@ -78,14 +82,19 @@ class TeacherCache:
                     x = tf.image.resize(x, (hr_size, hr_size), method="area")
                 if v == "flip":
                     x = tf.reverse(x, [2])
-                out = teacher(x, training=False)
+                # The compiled predict function (inference mode): eager calls of a
+                # 112x112 teacher kept gigabytes of activations alive.
+                out = teacher.predict_on_batch(x)
+                out = out if isinstance(out, dict) else {"embedding": out}
                 e_v.append(np.asarray(out["embedding"]))
-                l_v.append(np.asarray(out["logits"]))
+                if "logits" in out:
+                    l_v.append(np.asarray(out["logits"]))
                 bar.add(1)
             embs.append(np.concatenate(e_v))
-            logits.append(np.concatenate(l_v))
+            if l_v:
+                logits.append(np.concatenate(l_v))
         fp = fingerprint(teacher, images, variants, hr_size)
-        return cls(np.stack(embs), np.stack(logits), tuple(variants), fp)
+        return cls(np.stack(embs), np.stack(logits) if logits else None, tuple(variants), fp)
 
     def save(self, path):
         """Write `path` (.npz) atomically, with the fingerprint inside."""
@@ -93,9 +102,11 @@ class TeacherCache:
 
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, embedding=self.embedding, logits=self.logits,
-                         meta=np.array(json.dumps({"variants": list(self.variants),
-                                                   "fingerprint": self.fingerprint})))  # fmt: skip
+                arrays = {"embedding": self.embedding}
+                if self.logits is not None:
+                    arrays["logits"] = self.logits
+                meta = {"variants": list(self.variants), "fingerprint": self.fingerprint}
+                np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
         return path
 
     @classmethod
@@ -104,9 +115,8 @@ class TeacherCache:
         try:
             with np.load(path) as z:
                 meta = json.loads(str(z["meta"]))
-                cache = cls(
-                    z["embedding"], z["logits"], tuple(meta["variants"]), meta["fingerprint"]
-                )
+                logits = z["logits"] if "logits" in z.files else None
+                cache = cls(z["embedding"], logits, tuple(meta["variants"]), meta["fingerprint"])
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise StaleCacheError(
                 f"{path}: unreadable teacher cache ({e}); delete it to rebuild"

@@ -3,7 +3,7 @@
 from lrface_tf.eval.callbacks import VerificationCallback
 from lrface_tf.eval.classification import classification_accuracy, predict_logits, top_k_accuracy
 from lrface_tf.eval.embeddings import extract_embeddings
-from lrface_tf.eval.identification import cmc_curve, rank_k
+from lrface_tf.eval.identification import cmc_curve, linear_probe, rank_k
 from lrface_tf.eval.pairs import evaluate_pairs, load_pair_images
 from lrface_tf.eval.verification import (
     auc,
@@ -29,6 +29,7 @@ __all__ = [
     "equal_error_rate",
     "evaluate_pairs",
     "kfold_accuracy",
+    "linear_probe",
     "load_pair_images",
     "predict_logits",
     "rank_k",

@@ -42,3 +42,58 @@ def rank_k(gallery, gallery_ids, probes, probe_ids, ks=(1, 5)):
     """{"rank1": ..., "rank5": ...} identification accuracy."""
     cmc = cmc_curve(gallery, gallery_ids, probes, probe_ids)
     return {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in ks}
+
+
+def linear_probe(
+    train_embeddings,
+    train_ids,
+    test_embeddings,
+    test_ids,
+    *,
+    epochs=100,
+    learning_rate=0.01,
+    weight_decay=1e-4,
+    batch_size=256,
+    seed=0,
+    ks=(1, 5),
+):
+    """The UCCS-style protocol of the papers: a frozen embedding, a linear softmax.
+
+    The embeddings are L2-normalised; a linear softmax classifier (weights and
+    bias, L2 weight decay) is trained with Adam on the training split only, and
+    top-k accuracy is measured on the test split. Identities are any integers;
+    a test identity absent from the training split stops with an error.
+
+    Returns:
+      {"top1": ..., "top5": ..., "train_top1": ...}.
+    """
+    import keras
+
+    train_ids, test_ids = np.asarray(train_ids), np.asarray(test_ids)
+    classes = np.unique(train_ids)
+    unknown = set(np.unique(test_ids)) - set(classes)
+    if unknown:
+        raise ValueError(
+            f"test identities {[int(i) for i in sorted(unknown)[:5]]} are not in the training "
+            "split; a linear probe can only name identities it was trained on"
+        )
+    xt = _normalize(train_embeddings).astype(np.float32)
+    xs = _normalize(test_embeddings).astype(np.float32)
+    yt, ys = np.searchsorted(classes, train_ids), np.searchsorted(classes, test_ids)
+    keras.utils.set_random_seed(seed)
+    probe = keras.Sequential([
+        keras.Input((xt.shape[1],)),
+        keras.layers.Dense(len(classes), kernel_regularizer=keras.regularizers.L2(weight_decay)),
+    ])  # fmt: skip
+    probe.compile(keras.optimizers.Adam(learning_rate),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    probe.fit(xt, yt, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
+
+    def top(x, y, k):
+        logits = probe.predict(x, batch_size=1024, verbose=0)
+        best = np.argsort(-logits, axis=1)[:, :k]
+        return float(np.mean(np.any(best == y[:, None], axis=1)))
+
+    out = {f"top{k}": top(xs, ys, k) for k in ks}
+    out["train_top1"] = top(xt, yt, 1)
+    return out
