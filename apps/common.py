@@ -20,12 +20,15 @@ from lrface_tf.methods import METHODS, MethodConfig
 from lrface_tf.training import OPTIMIZERS, SCHEDULES, STRATEGIES
 
 FLAGS = flags.FLAGS
-DATASETS = ("fashion_mnist", "identity_folder")
+DATASETS = ("fashion_mnist", "identity_folder", "tfrecord")
 
 # data
 flags.DEFINE_enum("data", "fashion_mnist", DATASETS, "Training data set.")
 flags.DEFINE_string(
-    "data_dir", None, "Data folder (Fashion-MNIST idx files, or root/<person>/<image>)."
+    "data_dir",
+    None,
+    "Data folder: Fashion-MNIST idx files, root/<person>/<image>, or a TFRecord set "
+    "(python -m apps.write_tfrecords).",
 )
 flags.DEFINE_integer("max_train_examples", 0, "Use only the first N training examples (0: all).")
 flags.DEFINE_integer(
@@ -144,13 +147,14 @@ def configure_devices():
 
 
 def strategy_from_flags():
-    from lrface_tf.training import check_batch_divides, make_strategy
+    from lrface_tf.training import check_batch_divides, is_chief, make_strategy, worker_index
 
     devices = None
     if FLAGS.strategy == "mirrored" and FLAGS.cpu_devices > 1:
         devices = [f"/cpu:{i}" for i in range(FLAGS.cpu_devices)]
     strategy = make_strategy(FLAGS.strategy, devices)
     check_batch_divides(FLAGS.batch_size, strategy)
+    _WORKER.update(chief=is_chief(strategy), index=worker_index(strategy))
     return strategy
 
 
@@ -205,7 +209,18 @@ def load_data():
             "report": {"name": "fashion_mnist", "train": len(yt), "test": len(ys)},
         }
     if not FLAGS.data_dir:
-        raise ValueError("--data=identity_folder needs --data_dir=<root of person folders>")
+        raise ValueError(f"--data={FLAGS.data} needs --data_dir=<its folder>")
+    if FLAGS.data == "tfrecord":
+        from lrface_tf.data.tfrecord import TFRecordSet
+
+        records = TFRecordSet(FLAGS.data_dir)
+        return {
+            "train": records,
+            "test": None,
+            "channels": 3,
+            "num_classes": records.num_classes,
+            "report": {"name": "tfrecord", "examples": len(records), "root": FLAGS.data_dir},
+        }
     folder = identity_folder(FLAGS.data_dir, on_error="skip")
     if FLAGS.max_train_examples:
         folder.paths = folder.paths[: FLAGS.max_train_examples]
@@ -229,8 +244,13 @@ def with_few_labels(labels, per_class, seed):
     return masked, keep
 
 
+_WORKER = {"chief": True, "index": 0}
+
+
 def output_dir(default_name):
-    return FLAGS.output_dir or os.path.join("saved_models", default_name)
+    """The run folder; a non-chief multi-worker process writes to `<folder>/worker_<i>`."""
+    base = FLAGS.output_dir or os.path.join("saved_models", default_name)
+    return base if _WORKER["chief"] else os.path.join(base, f"worker_{_WORKER['index']}")
 
 
 def load_teacher(path, expected_size):
@@ -283,9 +303,12 @@ def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None, nu
 
     from lrface_tf.data.datasets import IdentityFolder, identity_folder_dataset
     from lrface_tf.data.pipeline import check_labels, paired_dataset
+    from lrface_tf.data.tfrecord import TFRecordSet
 
     if isinstance(x, IdentityFolder):
         x = identity_folder_dataset(x, FLAGS.teacher_size)
+    elif isinstance(x, TFRecordSet):
+        x = x.dataset(FLAGS.teacher_size, seed=FLAGS.seed if seed is None else seed)
     elif training and repeat and not isinstance(x, tf.data.Dataset):
         if num_classes is not None:
             check_labels(y, num_classes)

@@ -56,7 +56,7 @@ def main(argv):
     from lrface_tf.models.recognizer import copy_weights_by_name
 
     x, y = data["train"] if isinstance(data["train"], tuple) else (data["train"], None)
-    n = len(y) if y is not None else len(x.paths)
+    n = len(y) if y is not None else len(x)
     if FLAGS.labelled_per_class:
         y, _ = common.with_few_labels(y, FLAGS.labelled_per_class, FLAGS.seed)
     steps = n // FLAGS.batch_size

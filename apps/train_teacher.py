@@ -26,7 +26,7 @@ def main(argv):
     from lrface_tf.models import build_recognizer
 
     x, y = data["train"] if isinstance(data["train"], tuple) else (data["train"], None)
-    n = len(data["train"][1]) if isinstance(data["train"], tuple) else len(x.paths)
+    n = len(data["train"][1]) if isinstance(data["train"], tuple) else len(x)
     steps = n // FLAGS.batch_size
     with strategy.scope():
         keras.utils.set_random_seed(FLAGS.seed)

@@ -34,6 +34,27 @@ def make_strategy(name="default", devices=None):
     raise ValueError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
 
 
+def is_chief(strategy):
+    """True unless this process is a non-chief worker of a multi-worker cluster.
+
+    The chief is the "chief" task, or worker 0 when the cluster has no chief.
+    Only the chief writes a run's outputs; other workers write theirs to
+    `<output_dir>/worker_<i>` (see `apps.common.output_dir`).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def worker_index(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(resolver.task_id or 0) if resolver is not None and resolver.task_type else 0
+
+
 def check_batch_divides(batch_size, strategy):
     """The global batch must split evenly across replicas."""
     n = strategy.num_replicas_in_sync

@@ -170,3 +170,30 @@ def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
     for png in ("roc.png", "accuracy_vs_size.png", "similarity_m.keras.png"):
         assert (out / png).stat().st_size > 1000
     assert "| 4 | 100.00 +- 0.00 | 100.00 +- 0.00 |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_write_tfrecords_then_distill_streams_from_them(tmp_path):
+    import keras
+
+    from tests.test_eval import _colour_people
+
+    _colour_people(tmp_path / "faces", people=4, per=8, size=24)
+    tfr = tmp_path / "tfr"
+    proc = run_app("write_tfrecords", f"--data_dir={tmp_path / 'faces'}", f"--dst={tfr}",
+                   "--num_shards=3", "--verbose=0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tfr / "manifest.json").read_text())["num_examples"] == 32
+    out = tmp_path / "run"
+    proc = run_app("distill", f"--flagfile={ROOT}/configs/base.cfg", "--data=tfrecord",
+                   f"--data_dir={tfr}", "--method=baseline", "--teacher_size=24",
+                   "--student_size=8", "--batch_size=8", "--epochs=1", "--verbose=0",
+                   "--student_width=0.25", f"--output_dir={out}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["examples"] == 32 and len(metrics["history"]["loss"]) == 1
+    student = keras.saving.load_model(out / "student.keras", compile=False)
+    assert student.input_shape == (None, 8, 8, 3) and student.output["logits"].shape[-1] == 4
+    proc = run_app("distill", "--data=tfrecord", f"--data_dir={tmp_path / 'faces'}",
+                   "--method=baseline", f"--output_dir={tmp_path / 'bad'}")  # fmt: skip
+    assert "no manifest.json" in one_line_error(proc)

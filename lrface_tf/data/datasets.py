@@ -144,6 +144,9 @@ class IdentityFolder:
     def num_classes(self):
         return len(self.class_names)
 
+    def __len__(self):
+        return len(self.paths)
+
 
 def _check_image(path, channels):
     """Decode one image with TF; returns None if fine, else the reason."""

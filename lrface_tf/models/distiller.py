@@ -37,6 +37,13 @@ class DistillTerm:
             raise ValueError(f"term source must be one of {SOURCES}, got {self.source!r}")
 
 
+def is_multi_worker(strategy):
+    """True under MultiWorkerMirroredStrategy (Keras' fit needs the workaround below)."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def _freeze(model):
     model.trainable = False
     return model
@@ -205,6 +212,40 @@ class Distiller(keras.Model):
             return self.class_centers(embeddings, y)
         valid = ops.cast(self.class_centers.counts > 0, "float32")
         return ops.convert_to_tensor(self.class_centers.centers), valid
+
+    # ------------------------------------------- multi-worker (keras-team/keras#20585)
+    # Keras 3.15 `fit()` under MultiWorkerMirroredStrategy fails twice: it peeks at a
+    # PerReplica batch and `strategy.reduce`s it (impossible for dict inputs), and it
+    # reduces each scalar log with `reduce("MEAN", v, axis=0)`, which needs a batch
+    # axis. These two overrides are the whole workaround: build from one local
+    # replica's batch (same shapes), and give logs a length-1 axis under that
+    # strategy only. tests/test_multi_worker.py checks 2 workers == 1 process.
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None or not is_multi_worker(self.distribute_strategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        import tensorflow as tf
+
+        if iterator is not None:
+            local = self.distribute_strategy.experimental_local_results
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(it),
+                )
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def train_step(self, data):
+        return self._per_replica_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self._per_replica_logs(super().test_step(data))
+
+    def _per_replica_logs(self, logs):
+        if not is_multi_worker(self.distribute_strategy):
+            return logs
+        return {k: ops.reshape(v, (1,)) for k, v in logs.items()}
 
     @property
     def metrics(self):
