@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from absl import flags
 
 from apps import common
@@ -33,6 +34,13 @@ flags.DEFINE_string("image_ext", ".jpg", "Image file extension for --pairs.")
 flags.DEFINE_integer("image_size", 112, "Size the pair images are loaded at (the aligned crop).")
 flags.DEFINE_list("sides", ["probe"], "Degraded side(s): probe (HR gallery vs LR probe), both.")
 flags.DEFINE_bool("flip_fusion", False, "Add the embedding of the mirrored image (reported).")
+flags.DEFINE_string(
+    "identification_root",
+    None,
+    "Identity folder for identification: per person the first image is the HR gallery, "
+    "the others are LR probes (rank-1/5, CMC); plus the linear-probe protocol.",
+)
+flags.DEFINE_integer("linear_probe_epochs", 100, "Epochs of the linear-probe softmax (0: skip).")
 
 
 def _load(path):
@@ -126,6 +134,67 @@ def verification(models, out):
     return rows, header + md
 
 
+def identification(models, out):
+    """Rank-k / CMC of LR probes against a one-image HR gallery, and the linear probe.
+
+    People with >= 2 images take part. Gallery: each person's first image at full
+    resolution. Probes: the others, degraded to each probe size. Linear probe
+    (the UCCS-style protocol): each person's images alternate into a training and
+    a test split (both at the probe size); a softmax on the frozen, normalised
+    embeddings is trained on the first and scored on the second.
+    """
+    from lrface_tf.data.datasets import identity_folder
+    from lrface_tf.eval import extract_embeddings, linear_probe
+    from lrface_tf.eval.identification import cmc_curve
+    from lrface_tf.eval.pairs import load_images, model_input_size, prepare
+    from lrface_tf.eval.plots import plot_cmc
+
+    folder = identity_folder(FLAGS.identification_root, min_images=2, on_error="skip")
+    if folder.num_classes < 2:
+        raise ValueError(f"{FLAGS.identification_root}: needs >= 2 people with >= 2 images each")
+    images = load_images(folder.paths, FLAGS.image_size)
+    labels = np.asarray(folder.labels)
+    first = np.r_[True, labels[1:] != labels[:-1]]  # each person's first image (sorted)
+    rank_in_person = np.arange(len(labels)) - np.maximum.accumulate(
+        np.where(first, np.arange(len(labels)), 0)
+    )
+    train = rank_in_person % 2 == 0
+    os.makedirs(out, exist_ok=True)
+    rows, curves = [], {}
+    md = [f"Identification on {FLAGS.identification_root}: {folder.num_classes} people, "
+          f"{int(first.sum())} gallery images (HR), {int((~first).sum())} probes; kernel "
+          f"{FLAGS.degrade_kernel}, upsampling {FLAGS.upsample_kernel}.", "",
+          "| model | probe | rank-1 | rank-5 | linear probe top-1 | top-5 |",
+          "|---|---|---|---|---|---|"]  # fmt: skip
+
+    def embed(model, x, size, probe):
+        x = prepare(x, size, probe, FLAGS.degrade_kernel, FLAGS.upsample_kernel)
+        return extract_embeddings(model, x, progress=False)
+
+    for path, model in models.items():
+        size = model_input_size(model)
+        gallery = embed(model, images[first], size, None)
+        for p in _sizes():
+            probes = embed(model, images, size, p)
+            cmc = cmc_curve(gallery, labels[first], probes[~first], labels[~first])
+            row = {"model": path, "probe_size": p or FLAGS.image_size, "rank1": float(cmc[0]),
+                   "rank5": float(cmc[min(5, len(cmc)) - 1]), "people": folder.num_classes,
+                   "probes": int((~first).sum()), "kernel": FLAGS.degrade_kernel,
+                   "upsample_kernel": FLAGS.upsample_kernel}  # fmt: skip
+            if FLAGS.linear_probe_epochs:
+                lp = linear_probe(probes[train], labels[train], probes[~train], labels[~train],
+                                  epochs=FLAGS.linear_probe_epochs, seed=FLAGS.seed)  # fmt: skip
+                row.update(linear_probe_top1=lp["top1"], linear_probe_top5=lp["top5"])
+            rows.append(row)
+            curves[f"{os.path.basename(path)} @{p or 'full'}"] = cmc
+            lp = [row.get(f"linear_probe_top{k}") for k in (1, 5)]
+            lp_cells = " | ".join("-" if v is None else f"{100 * v:.2f}" for v in lp)
+            md.append(f"| {os.path.basename(path)} | {p or 'full'} | {100 * row['rank1']:.2f} | "
+                      f"{100 * row['rank5']:.2f} | {lp_cells} |")  # fmt: skip
+    plot_cmc(curves, os.path.join(out, "cmc.png"))
+    return rows, md
+
+
 def main(argv):
     from lrface_tf.export.atomic import write_json, write_text
 
@@ -133,7 +202,14 @@ def main(argv):
         raise ValueError("pass --models=<a.keras>[,<b.tflite>...]")
     models = {path: _load(path) for path in FLAGS.models}
     out = common.output_dir("evaluate")
-    rows, md = verification(models, out) if FLAGS.pairs else classification(models, out)
+    if FLAGS.pairs and FLAGS.identification_root:
+        raise ValueError("pass either --pairs (verification) or --identification_root, not both")
+    if FLAGS.pairs:
+        rows, md = verification(models, out)
+    elif FLAGS.identification_root:
+        rows, md = identification(models, out)
+    else:
+        rows, md = classification(models, out)
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "results.json"), {"rows": rows})
     write_text(os.path.join(out, "results.md"), "\n".join(md) + "\n")

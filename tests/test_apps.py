@@ -197,3 +197,28 @@ def test_write_tfrecords_then_distill_streams_from_them(tmp_path):
     proc = run_app("distill", "--data=tfrecord", f"--data_dir={tmp_path / 'faces'}",
                    "--method=baseline", f"--output_dir={tmp_path / 'bad'}")  # fmt: skip
     assert "no manifest.json" in one_line_error(proc)
+
+
+@pytest.mark.slow
+def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
+    import keras
+
+    from tests.test_eval import _colour_people
+
+    _colour_people(tmp_path / "faces", people=6, per=5)
+    image = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(image)
+    centre = keras.initializers.Constant(-0.5)
+    emb = keras.layers.Dense(3, kernel_initializer="identity", bias_initializer=centre)(pooled)
+    keras.Model(image, {"embedding": emb}).save(tmp_path / "m.keras")
+    out = tmp_path / "eval"
+    proc = run_app("evaluate", f"--identification_root={tmp_path / 'faces'}", "--image_size=16",
+                   f"--models={tmp_path / 'm.keras'}", "--probe_sizes=4,full",
+                   f"--output_dir={out}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["probe_size"], r["people"], r["probes"]) for r in rows] == [(4, 6, 24), (16, 6, 24)]
+    # One colour per person: every probe finds its person first, and so does the probe softmax.
+    assert all(r["rank1"] == 1.0 and r["linear_probe_top1"] == 1.0 for r in rows)
+    assert (out / "cmc.png").stat().st_size > 1000
+    assert "| m.keras | 4 | 100.00 | 100.00 | 100.00 | 100.00 |" in (out / "results.md").read_text()

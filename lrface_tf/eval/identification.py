@@ -56,6 +56,7 @@ def linear_probe(
     batch_size=256,
     seed=0,
     ks=(1, 5),
+    min_steps=500,
 ):
     """The UCCS-style protocol of the papers: a frozen embedding, a linear softmax.
 
@@ -87,6 +88,8 @@ def linear_probe(
     ])  # fmt: skip
     probe.compile(keras.optimizers.Adam(learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    # Small splits get at least `min_steps` updates (100 epochs of 3 batches underfit).
+    epochs = max(epochs, -(-min_steps // -(-len(xt) // batch_size)))
     probe.fit(xt, yt, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
 
     def top(x, y, k):

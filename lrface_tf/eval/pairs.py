@@ -18,6 +18,19 @@ from lrface_tf.eval.verification import cosine_scores, roc_curve, verification_r
 SIDES = ("probe", "both")
 
 
+def load_images(paths, size=112):
+    """Decode image files to uint8 `(N, size, size, 3)` (area resize), in order."""
+    import tensorflow as tf
+
+    from lrface_tf.data.datasets import decode_image_file
+
+    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+        lambda p: decode_image_file(p, size), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    images = np.concatenate([np.asarray(b) for b in ds.batch(256)])
+    return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+
+
 def load_pair_images(pairs_path, root, size=112, ext=".jpg"):
     """Decode every image a pairs file names (each once), resized to `size` (area).
 
@@ -25,18 +38,11 @@ def load_pair_images(pairs_path, root, size=112, ext=".jpg"):
       dict with images_a, images_b (uint8 `(N, size, size, 3)`), same `(N,)` bool,
       folds `(N,)` int (the file's folds, or None for a single split), pairs.
     """
-    import tensorflow as tf
-
-    from lrface_tf.data.datasets import decode_image_file
 
     pairs = lfw_pairs(pairs_path, root=root, ext=ext)
     paths = sorted({p for pair in pairs for p in pair.paths(root, ext)})
     index = {p: i for i, p in enumerate(paths)}
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: decode_image_file(p, size), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    images = np.concatenate([np.asarray(b) for b in ds.batch(256)])
-    images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+    images = load_images(paths, size)
     a = np.array([index[pair.paths(root, ext)[0]] for pair in pairs])
     b = np.array([index[pair.paths(root, ext)[1]] for pair in pairs])
     folds = np.array([pair.fold for pair in pairs])

@@ -65,3 +65,16 @@ def plot_accuracy_vs_size(series, path, ylabel="accuracy (%)"):
     ax.set_xlabel("probe size (px)")
     ax.set_ylabel(ylabel)
     return _finish(fig, ax, path)
+
+
+def plot_cmc(curves, path, max_rank=20):
+    """curves: {label: cmc array (element r-1 = rank-r accuracy)}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, cmc in curves.items():
+        r = np.arange(1, min(max_rank, len(cmc)) + 1)
+        ax.plot(r, 100 * np.asarray(cmc)[: len(r)], marker=".", label=label)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate (%)")
+    ax.set_title("CMC")
+    return _finish(fig, ax, path)
