@@ -33,6 +33,24 @@ METHODS = {
     "crrcd": ("crrcd", "direct"),
     # Eq. 11's negative term averaged instead of multiplied by n (see README).
     "crrcd_mean_negatives": ("crrcd", "direct"),
+    # CRRCD ablations (Fig. 3 / Sec. IV-C): queue length n under Eq. 11 as written ...
+    "crrcd_q64": ("crrcd", "direct"),
+    "crrcd_q128": ("crrcd", "direct"),
+    "crrcd_q256": ("crrcd", "direct"),
+    # ... and tau and the sampling policy on the averaged-negatives variant.
+    "crrcd_mean_tau0.05": ("crrcd", "direct"),
+    "crrcd_mean_tau0.2": ("crrcd", "direct"),
+    "crrcd_mean_unsupervised": ("crrcd", "direct"),
+}
+# method -> MethodConfig fields that differ from the command's config
+OVERRIDES = {
+    "crrcd_mean_negatives": {"crrcd_negative_weight": 1.0},
+    "crrcd_q64": {"crrcd_queue": 64},
+    "crrcd_q128": {"crrcd_queue": 128},
+    "crrcd_q256": {"crrcd_queue": 256},
+    "crrcd_mean_tau0.05": {"crrcd_negative_weight": 1.0, "crrcd_tau": 0.05},
+    "crrcd_mean_tau0.2": {"crrcd_negative_weight": 1.0, "crrcd_tau": 0.2},
+    "crrcd_mean_unsupervised": {"crrcd_negative_weight": 1.0, "crrcd_sampling": "unsupervised"},
 }
 
 
@@ -127,9 +145,7 @@ def main(argv=None):
             if (method, seed) in done:
                 continue
             keras.utils.set_random_seed(seed)
-            cfg = config
-            if method == "crrcd_mean_negatives":
-                cfg = dataclasses.replace(config, crrcd_negative_weight=1.0)
+            cfg = dataclasses.replace(config, **OVERRIDES.get(method, {}))
             terms = method_terms(terms_name, cfg)
             supervisor, seconds = (teacher if terms else None), 0.0
             if stages == "two_stage":

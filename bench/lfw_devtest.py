@@ -66,7 +66,11 @@ def parse_args(argv):
         help="SFace in Keras (python -m apps.build_teacher)",
     )
     p.add_argument("--work", default="saved_models/bench/lfw")
-    p.add_argument("--size", type=int, default=16, help="student input size")
+    p.add_argument("--size", type=int, default=16, help="probe / LR size the student sees")
+    p.add_argument("--input_size", type=int, default=0,
+                   help="student input size, LR upsampled to it (0: --size)")  # fmt: skip
+    p.add_argument("--task_weight", type=float, default=1.0,
+                   help="ArcFace weight in distillation rows (student_lr: 1)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--finetune_epochs", type=float, default=1.0)
     p.add_argument("--batch_size", type=int, default=128)
@@ -78,6 +82,7 @@ def parse_args(argv):
     p.add_argument("--mmd_weight", type=float, default=10.0)
     p.add_argument("--head_scale", type=float, default=16.0)
     p.add_argument("--name", default="lfw_devtest")
+    p.add_argument("--no_latency", action="store_true", help="skip the TFLite timing (pilots)")
     return p.parse_args(argv)
 
 
@@ -150,7 +155,9 @@ def main(argv=None):
         else:
             model, seconds = train(row)
             params = model.count_params()
-        latency = _latency(model, images, os.path.join(args.work, row), args.size)
+        latency = {"float32": float("nan"), "int8": float("nan")}
+        if not args.no_latency:
+            latency = _latency(model, images, os.path.join(args.work, row), args.size)
         results = _sweep(model, pairs)
         for res in results:
             key = (res["probe_size"], res["side"])
@@ -186,10 +193,12 @@ class Trainer:
         out = os.path.join(a.work, row)
         keras.utils.set_random_seed(a.seed)
         terms, cache, task = self._terms(row), self.cm_cache, task_loss_for("arcface", 32.0, 0.5)
-        spec = DegradationSpec(kernel="area", sizes=(a.size,))
+        inp = a.input_size or a.size
+        up = inp if inp != a.size else None
+        spec = DegradationSpec(kernel="area", sizes=(a.size,), output_size=up)
         epochs, lr = a.epochs, a.learning_rate
         if row in ("kdim_l2", "kdim_mmd"):
-            spec = DegradationSpec(kernel="area", sizes=(8, 12, a.size), output_size=a.size)
+            spec = DegradationSpec(kernel="area", sizes=(8, 12, a.size), output_size=inp)
         if row == "feature":
             cache = self.cache  # no logits needed
         if row == "sface_finetuned":
@@ -197,7 +206,7 @@ class Trainer:
             spec = DegradationSpec(kernel="area", sizes=(a.size,), output_size=112)
             epochs, lr = a.finetune_epochs, 1e-4
         else:
-            student = build_recognizer(a.backbone, a.size, self.num_classes, head="arcface",
+            student = build_recognizer(a.backbone, inp, self.num_classes, head="arcface",
                                        width_multiplier=a.width, embedding_dim=128,
                                        name="student")  # fmt: skip
         steps = len(self.labels) // a.batch_size
@@ -210,7 +219,7 @@ class Trainer:
                                   start_step=start_step)  # fmt: skip
 
         distiller = Distiller(student, self.teacher if terms else None, terms, task_loss=task,
-                              task_weight=1.0)  # fmt: skip
+                              task_weight=a.task_weight if terms else 1.0)  # fmt: skip
         _, seconds = compile_and_fit(distiller, data, epochs=max(1, total // steps),
                                      steps_per_epoch=min(steps, total), learning_rate=lr,
                                      output_dir=out, verbose=2)  # fmt: skip

@@ -147,17 +147,22 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
+def _mean_colour_model(path):
+    """A 16x16 "face model" whose embedding is the image's centred mean colour."""
     import keras
 
-    from tests.test_eval import _colour_people
-
-    pairs = _colour_people(tmp_path / "faces")
     image = keras.Input((16, 16, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(image)
     centre = keras.initializers.Constant(-0.5)
     emb = keras.layers.Dense(3, kernel_initializer="identity", bias_initializer=centre)(pooled)
-    keras.Model(image, {"embedding": emb}).save(tmp_path / "m.keras")
+    keras.Model(image, {"embedding": emb}).save(path)
+
+
+def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
+    from tests.test_eval import _colour_people
+
+    pairs = _colour_people(tmp_path / "faces")
+    _mean_colour_model(tmp_path / "m.keras")
     out = tmp_path / "eval"
     proc = run_app("evaluate", f"--pairs={pairs}", f"--image_root={tmp_path / 'faces'}",
                    "--image_size=16", f"--models={tmp_path / 'm.keras'}",
@@ -201,16 +206,10 @@ def test_write_tfrecords_then_distill_streams_from_them(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
-    import keras
-
     from tests.test_eval import _colour_people
 
     _colour_people(tmp_path / "faces", people=6, per=5)
-    image = keras.Input((16, 16, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(image)
-    centre = keras.initializers.Constant(-0.5)
-    emb = keras.layers.Dense(3, kernel_initializer="identity", bias_initializer=centre)(pooled)
-    keras.Model(image, {"embedding": emb}).save(tmp_path / "m.keras")
+    _mean_colour_model(tmp_path / "m.keras")
     out = tmp_path / "eval"
     proc = run_app("evaluate", f"--identification_root={tmp_path / 'faces'}", "--image_size=16",
                    f"--models={tmp_path / 'm.keras'}", "--probe_sizes=4,full",
