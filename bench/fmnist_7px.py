@@ -41,6 +41,9 @@ METHODS = {
     "crrcd_mean_tau0.05": ("crrcd", "direct"),
     "crrcd_mean_tau0.2": ("crrcd", "direct"),
     "crrcd_mean_unsupervised": ("crrcd", "direct"),
+    # HORKD weight sweep: the angle term at 50 cost about a point; try 5 (direct and two-stage).
+    "horkd_angle5": ("horkd", "direct"),
+    "horkd_two_stage_angle5": ("horkd", "two_stage"),
 }
 # method -> MethodConfig fields that differ from the command's config
 OVERRIDES = {
@@ -51,6 +54,8 @@ OVERRIDES = {
     "crrcd_mean_tau0.05": {"crrcd_negative_weight": 1.0, "crrcd_tau": 0.05},
     "crrcd_mean_tau0.2": {"crrcd_negative_weight": 1.0, "crrcd_tau": 0.2},
     "crrcd_mean_unsupervised": {"crrcd_negative_weight": 1.0, "crrcd_sampling": "unsupervised"},
+    "horkd_angle5": {"rkd_angle_weight": 5.0},
+    "horkd_two_stage_angle5": {"rkd_angle_weight": 5.0},
 }
 
 
@@ -150,7 +155,7 @@ def main(argv=None):
             supervisor, seconds = (teacher if terms else None), 0.0
             if stages == "two_stage":
                 assistant = net(28, "assistant")
-                seconds += fit(assistant, teacher, method_terms(terms_name, config), seed, "hr")
+                seconds += fit(assistant, teacher, method_terms(terms_name, cfg), seed, "hr")
                 assistant.trainable = False
                 supervisor = assistant
             student = net(7, "student")

@@ -45,6 +45,7 @@ ROWS = {
     "kdim_l2": "KD_im: LR-augmented (8/12/16 px) + KD + normalised-feature L2 (Eq. 6)",
     "kdim_mmd": "KD_im: LR-augmented (8/12/16 px) + KD + MK-MMD (Eq. 9)",
     "horkd": "HORKD direct: RKD distance + angle + class-centre (L2 + L3 + LC)",
+    "horkd_two_stage": "HORKD two-stage: teacher -> assistant (32 px HR) -> student (16 px)",
     "crrcd": "CRRCD: KD + relation contrastive (queue 512, supervised negatives)",
     "sface_finetuned": "SFace fine-tuned on LR (16 px, upsampled) to its HR embeddings",
 }
@@ -83,6 +84,9 @@ def parse_args(argv):
     p.add_argument("--head_scale", type=float, default=16.0)
     p.add_argument("--name", default="lfw_devtest")
     p.add_argument("--no_latency", action="store_true", help="skip the TFLite timing (pilots)")
+    p.add_argument("--merge", default=None,
+                   help="only fold in the rows of another results JSON (a parallel run "
+                   "under another --name), with deltas vs the teacher")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -126,6 +130,12 @@ def main(argv=None):
     os.makedirs(args.work, exist_ok=True)
     json_path = os.path.join(RESULTS, f"{args.name}.json")
     record = _load_record(json_path)
+    if args.merge:
+        _merge(record, _load_record(args.merge))
+        write_json(json_path, record)
+        write_text(os.path.join(RESULTS, f"{args.name}.md"), _markdown(record))
+        print(_markdown(record))
+        return
     done = {(r["model"], r["seed"]) for r in record["rows"]}
     todo = [r for r in rows_wanted if (r, args.seed) not in done]
     if not todo:
@@ -165,7 +175,9 @@ def main(argv=None):
                 teacher_folds[key] = res["fold_accuracies"]
             record["rows"].append(_row(row, args, res, params, latency, seconds,
                                        teacher_folds.get(key)))  # fmt: skip
-        record["commands"].append(" ".join(["python -m bench.lfw_devtest", *sys.argv[1:]]))
+        command = " ".join(["python -m bench.lfw_devtest", *sys.argv[1:]])
+        if command not in record["commands"]:
+            record["commands"].append(command)
         record["date"] = datetime.date.today().isoformat()
         write_json(json_path, record)
         write_text(os.path.join(RESULTS, f"{args.name}.md"), _markdown(record))
@@ -184,10 +196,9 @@ class Trainer:
         import keras
 
         from lrface_tf.data.degrade import DegradationSpec
-        from lrface_tf.data.pipeline import paired_dataset
         from lrface_tf.export import save_keras
-        from lrface_tf.models import Distiller, build_recognizer, embedding_model, task_loss_for
-        from lrface_tf.training import compile_and_fit
+        from lrface_tf.models import build_recognizer, embedding_model, task_loss_for
+        from lrface_tf.models.recognizer import copy_weights_by_name
 
         a = self.args
         out = os.path.join(a.work, row)
@@ -201,6 +212,9 @@ class Trainer:
             spec = DegradationSpec(kernel="area", sizes=(8, 12, a.size), output_size=inp)
         if row == "feature":
             cache = self.cache  # no logits needed
+        teacher = self.teacher
+        if row == "horkd_two_stage":
+            teacher, cache, seconds1 = self._assistant(inp, spec)
         if row == "sface_finetuned":
             student, task, cache = self._finetuned(), None, self.cache
             spec = DegradationSpec(kernel="area", sizes=(a.size,), output_size=112)
@@ -209,6 +223,21 @@ class Trainer:
             student = build_recognizer(a.backbone, inp, self.num_classes, head="arcface",
                                        width_multiplier=a.width, embedding_dim=128,
                                        name="student")  # fmt: skip
+        if row == "horkd_two_stage":  # stage 2 starts from the assistant (Sec. 3.3)
+            copy_weights_by_name(teacher.get_layer("assistant"), student)
+        seconds = self._fit(student, teacher if terms else None, terms, spec, cache, task,
+                            epochs, lr, out)  # fmt: skip
+        if row == "horkd_two_stage":
+            seconds += seconds1
+        save_keras(student, os.path.join(out, "student.keras"))
+        return embedding_model(student) if "logits" in student.output else student, seconds
+
+    def _fit(self, student, teacher, terms, spec, cache, task, epochs, lr, out):
+        from lrface_tf.data.pipeline import paired_dataset
+        from lrface_tf.models import Distiller
+        from lrface_tf.training import compile_and_fit
+
+        a = self.args
         steps = len(self.labels) // a.batch_size
         total = max(1, int(round(epochs * steps)))
 
@@ -218,13 +247,38 @@ class Trainer:
                                   teacher_cache=cache if terms else None,
                                   start_step=start_step)  # fmt: skip
 
-        distiller = Distiller(student, self.teacher if terms else None, terms, task_loss=task,
+        distiller = Distiller(student, teacher, terms, task_loss=task,
                               task_weight=a.task_weight if terms else 1.0)  # fmt: skip
         _, seconds = compile_and_fit(distiller, data, epochs=max(1, total // steps),
                                      steps_per_epoch=min(steps, total), learning_rate=lr,
                                      output_dir=out, verbose=2)  # fmt: skip
-        save_keras(student, os.path.join(out, "student.keras"))
-        return embedding_model(student) if "logits" in student.output else student, seconds
+        return seconds
+
+    def _assistant(self, inp, spec):
+        """HORKD stage 1 (cross-structure): teacher -> a compact assistant on 32 px HR views.
+
+        Returns the frozen assistant behind an area resize 112 -> 32 (so stage 2 can
+        feed it the HR view), no cache (it runs every step), and stage-1 seconds.
+        """
+        import keras
+
+        from lrface_tf.data.degrade import DegradationSpec
+        from lrface_tf.models import build_recognizer, task_loss_for
+
+        a = self.args
+        assistant = build_recognizer(a.backbone, 32, self.num_classes, head="arcface",
+                                     width_multiplier=a.width, embedding_dim=128,
+                                     name="assistant")  # fmt: skip
+        seconds = self._fit(assistant, self.teacher, self._terms("horkd"),
+                            DegradationSpec(kernel="area", sizes=(32,)), self.cm_cache,
+                            task_loss_for("arcface", 32.0, 0.5), a.epochs, a.learning_rate,
+                            os.path.join(a.work, "horkd_two_stage", "stage1"))  # fmt: skip
+        assistant.trainable = False
+        image = keras.Input((112, 112, 3))
+        small = keras.layers.Resizing(32, 32, interpolation="area")(image)
+        frozen = keras.Model(image, assistant(small), name="assistant_112")
+        frozen.trainable = False
+        return frozen, None, seconds
 
     def _terms(self, row):
         from lrface_tf.losses import (
@@ -239,6 +293,7 @@ class Trainer:
         from lrface_tf.models.distiller import DistillTerm
 
         a = self.args
+        row = "horkd" if row == "horkd_two_stage" else row  # both stages use HORKD's terms
         kd = {"kd": DistillTerm(KDLoss(4.0), a.kd_weight, "logits")}
         l2 = DistillTerm(FeatureLoss("l2", normalize=True), a.feature_weight)
         return {
@@ -332,6 +387,22 @@ def _row(name, args, res, params, latency, seconds, teacher_folds):
         row["delta_vs_teacher"] = float(d.mean())
         row["delta_vs_teacher_std"] = float(d.std())
     return row
+
+
+def _merge(record, other):
+    """Append `other`'s rows not already in `record`, with deltas vs `record`'s teacher."""
+    teacher = {(r["probe_size"], r["side"]): r["fold_accuracies"]
+               for r in record["rows"] if r["model"] == "sface"}  # fmt: skip
+    have = {(r["model"], r["seed"], r["probe_size"], r["side"]) for r in record["rows"]}
+    for r in other["rows"]:
+        if (r["model"], r["seed"], r["probe_size"], r["side"]) in have:
+            continue
+        folds = teacher.get((r["probe_size"], r["side"]))
+        if folds is not None:
+            d = np.asarray(r["fold_accuracies"]) - np.asarray(folds)
+            r = {**r, "delta_vs_teacher": float(d.mean()), "delta_vs_teacher_std": float(d.std())}
+        record["rows"].append(r)
+    record["commands"] += [c for c in other.get("commands", []) if c not in record["commands"]]
 
 
 def _load_record(path):
