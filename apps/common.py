@@ -103,6 +103,10 @@ flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.")
 # running
 flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (mirrored on CPU).")
+flags.DEFINE_bool(
+    "sync_batchnorm", False,
+    "BatchNorm statistics over the global batch under a strategy (default: per replica).",
+)  # fmt: skip
 flags.DEFINE_string("output_dir", None, "Run folder (default saved_models/<app>_<method>).")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 line per epoch.")
 flags.DEFINE_bool(
@@ -329,6 +333,13 @@ def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None, nu
         repeat=repeat,
         teacher_cache=teacher_cache,
     )
+
+
+def maybe_synchronized(model):
+    """`model` with cross-replica BatchNorm when --sync_batchnorm (build it in the scope)."""
+    from lrface_tf.models import synchronize_batchnorm
+
+    return synchronize_batchnorm(model) if FLAGS.sync_batchnorm else model
 
 
 def train_distiller(student, teacher, terms, train_ds, *, epochs, steps, out_dir,

@@ -24,11 +24,11 @@ from apps.common import FLAGS
 def _build(data, backbone, size, name):
     from lrface_tf.models import build_recognizer
 
-    return build_recognizer(
+    return common.maybe_synchronized(build_recognizer(
         backbone, size, data["num_classes"], channels=data["channels"], head=FLAGS.head,
         scale=FLAGS.margin_scale, width_multiplier=FLAGS.student_width,
         embedding_dim=FLAGS.embedding_dim, name=name,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def main(argv):

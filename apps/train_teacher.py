@@ -36,6 +36,7 @@ def main(argv):
             width_multiplier=FLAGS.teacher_width, embedding_dim=FLAGS.embedding_dim,
             name="teacher",
         )  # fmt: skip
+        teacher = common.maybe_synchronized(teacher)
         ds = common.paired(x, y, spec, training=True, repeat=True, num_classes=data["num_classes"])
         _, history, seconds = common.train_distiller(
             teacher, None, {}, ds, epochs=FLAGS.epochs, steps=steps, out_dir=out,

@@ -320,10 +320,13 @@ class Trainer:
 
         student = keras.models.clone_model(self.teacher.layers[1])
         student.set_weights(self.teacher.layers[1].get_weights())
+        # The clone copies each layer's frozen flag: unfreeze layer by layer (a model's
+        # `trainable = True` does not reach layers that are frozen themselves).
         student.trainable = True
         for layer in student.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+        if not student.trainable_weights:
+            raise RuntimeError("the fine-tuned student has no trainable weights")
         return student
 
 

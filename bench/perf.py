@@ -225,7 +225,7 @@ def _epoch_vs_size(args):
 MIRRORED_CHILD = r"""
 import json, os, sys
 import tensorflow as tf
-devices = int(sys.argv[1])
+devices, sync = int(sys.argv[1]), sys.argv[2] == "sync"
 if devices > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -233,6 +233,7 @@ import keras
 from lrface_tf.data import DegradationSpec, load_fashion_mnist, paired_dataset
 from lrface_tf.losses import RKDDistanceLoss
 from lrface_tf.models import Distiller, DistillTerm, build_recognizer, task_loss_for
+from lrface_tf.models import synchronize_batchnorm
 from lrface_tf.training import compile_and_fit, make_strategy
 (x, y), _ = load_fashion_mnist()
 x, y = x[:4096, ..., None], y[:4096]
@@ -245,6 +246,8 @@ with strategy.scope():
     teacher = build_recognizer("resnet8", 28, 10, channels=1, embedding_dim=32, name="teacher")
     teacher.trainable = False
     student = build_recognizer("resnet8", 7, 10, channels=1, embedding_dim=32, name="student")
+    if sync:
+        student = synchronize_batchnorm(student)
     d = Distiller(student, teacher, {"rkd": DistillTerm(RKDDistanceLoss(), 25.0)},
                   task_loss=task_loss_for("softmax"), task_weight=1.0)
     ds = paired_dataset(x, y, spec=DegradationSpec(sizes=(7,)), batch_size=128, augment="flip",
@@ -257,28 +260,32 @@ print("RESULT", json.dumps(hist["loss"]))
 def _mirrored(args):
     """The same run on one device and on MirroredStrategy over 2 logical CPUs."""
     curves = {}
-    for devices in (1, 2):
+    for devices, bn in ((1, "plain"), (2, "plain"), (2, "sync")):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        proc = subprocess.run([sys.executable, "-c", MIRRORED_CHILD, str(devices)],
+        proc = subprocess.run([sys.executable, "-c", MIRRORED_CHILD, str(devices), bn],
                               capture_output=True, text=True, env=env)  # fmt: skip
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
         if proc.returncode != 0 or not line:
             sys.exit(f"error: mirrored child failed:\n{proc.stderr[-2000:]}")
-        curves[devices] = json.loads(line[0].split(" ", 1)[1])
-    one, two = np.asarray(curves[1]), np.asarray(curves[2])
+        curves[devices, bn] = np.asarray(json.loads(line[0].split(" ", 1)[1]))
+    one = curves[1, "plain"]
     how = ("per-epoch mean loss of 4 epochs x 32 steps, Fashion-MNIST 28 -> 7, ResNet-8 "
            "teacher (untrained, frozen) and student with BatchNorm, task + RKD distance "
-           "(gathered), batch 128; one process per device count")  # fmt: skip
-    return {
-        "mirrored_loss_curve_1_device": _fig([round(v, 5) for v in one], "", how),
-        "mirrored_loss_curve_2_replicas": _fig([round(v, 5) for v in two], "", how),
-        "mirrored_max_relative_loss_difference": _fig(
-            round(float(np.max(np.abs(one - two) / np.abs(one))), 5),
-            "",
-            how + "; BatchNorm statistics are per replica (64 examples each), so curves "
-            "agree to within that, not bit for bit",
-        ),  # fmt: skip
-    }
+           "(gathered), batch 128; one process per run")  # fmt: skip
+    out = {"mirrored_loss_curve_1_device": _fig([round(float(v), 5) for v in one], "", how)}
+    for bn, what in (
+        ("plain", "Keras' per-replica BatchNorm statistics (64 examples each)"),
+        ("sync", "synchronize_batchnorm (--sync_batchnorm): global-batch statistics"),
+    ):
+        two = curves[2, bn]
+        out[f"mirrored_loss_curve_2_replicas_{bn}_bn"] = _fig(
+            [round(float(v), 5) for v in two], "", f"{how}; {what}"
+        )
+        out[f"mirrored_max_relative_loss_difference_{bn}_bn"] = _fig(
+            round(float(np.max(np.abs(one - two) / np.abs(one))), 5), "",
+            f"max over epochs of |2 replicas - 1 device| / 1 device; {what}",
+        )  # fmt: skip
+    return out
 
 
 def _rkd_memory(args):

@@ -133,3 +133,31 @@ def test_baseline_without_teacher_trains():
     ds = tf.data.Dataset.from_tensor_slices(({"hr": XH, "lr": XL}, Y)).batch(B).repeat()
     h = d.fit(ds, epochs=5, steps_per_epoch=2, verbose=0)
     assert h.history["task"][-1] < h.history["task"][0]
+
+
+def _train_bn_student(strategy, sync):
+    from lrface_tf.models import synchronize_batchnorm
+
+    keras.utils.set_random_seed(4)
+    ref = build_recognizer("resnet8", 8, 4, channels=1, embedding_dim=6, width_multiplier=0.25)
+    with strategy.scope():
+        student = build_recognizer("resnet8", 8, 4, channels=1, embedding_dim=6,
+                                   width_multiplier=0.25)  # fmt: skip
+        student.set_weights(ref.get_weights())
+        if sync:
+            student = synchronize_batchnorm(student)
+        d = Distiller(student, None, {}, task_loss=MaskedCrossEntropy(), student_view="hr")
+        d.compile(optimizer=keras.optimizers.SGD(0.1))
+    ds = tf.data.Dataset.from_tensor_slices(({"hr": XH, "lr": XL}, Y)).batch(B)
+    d.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+    return student.get_weights()
+
+
+def test_synchronized_batchnorm_makes_two_replicas_equal_one_device(mirrored):
+    one = _train_bn_student(tf.distribute.get_strategy(), sync=True)
+    two = _train_bn_student(mirrored, sync=True)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Keras' default per-replica statistics do not (the reason for the option).
+    plain = _train_bn_student(mirrored, sync=False)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, plain)) > 1e-3

@@ -5,6 +5,7 @@ from lrface_tf.models.recognizer import (
     build_recognizer,
     embedding_model,
     logits_model,
+    synchronize_batchnorm,
     task_loss_for,
 )
 
@@ -14,5 +15,6 @@ __all__ = [
     "build_recognizer",
     "embedding_model",
     "logits_model",
+    "synchronize_batchnorm",
     "task_loss_for",
 ]

@@ -93,3 +93,27 @@ def _weighted_layers(model):
             yield from _weighted_layers(layer)
         elif layer.weights:
             yield layer
+
+
+def synchronize_batchnorm(model):
+    """A copy of `model` whose BatchNormalization layers use cross-replica statistics.
+
+    Under `MirroredStrategy` Keras' BatchNormalization normalises each replica's
+    slice of the batch on its own, so two replicas train a (slightly) different
+    model than one device. `synchronized=True` (TensorFlow backend) computes the
+    mean and variance over the global batch instead. Weights are copied; nested
+    models (a recognizer's backbone) are converted too. Build it inside the
+    strategy's scope, like the model itself.
+    """
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return synchronize_batchnorm(layer)
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
