@@ -300,7 +300,8 @@ def write_run_record(out_dir, spec, extra):
 _OUR_FLAGS = {f.name for f in FLAGS.get_flags_for_module(__name__)}
 
 
-def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None, num_classes=None):
+def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None, num_classes=None,
+           keep_hr=True):  # fmt: skip
     """The training dataset; for in-memory data, a resumable step-indexed stream:
     returns `start_step -> dataset` (see `lrface_tf.training.compile_and_fit`)."""
     import tensorflow as tf
@@ -320,6 +321,7 @@ def paired(x, y, spec, training, seed=None, repeat=False, teacher_cache=None, nu
             x, y, spec=spec, batch_size=FLAGS.batch_size, augment=FLAGS.augment,
             seed=FLAGS.seed if seed is None else seed, hr_size=FLAGS.teacher_size,
             teacher_cache=teacher_cache, start_step=start_step,
+            keep_hr=keep_hr,
         )  # fmt: skip
     return paired_dataset(
         x,

@@ -82,8 +82,10 @@ def main(argv):
             )  # fmt: skip
             print(f"teacher cache: {status}")
             result["teacher_cache"] = status
+        # The HR view is needed only by a teacher that runs every step.
+        keep_hr = terms_needed and cache is None
         ds = common.paired(x, y, spec, training=True, repeat=True, teacher_cache=cache,
-                           num_classes=data["num_classes"])  # fmt: skip
+                           num_classes=data["num_classes"], keep_hr=keep_hr)  # fmt: skip
         stage_dir = os.path.join(out, "stage2_student") if FLAGS.stages == "two_stage" else out
         _, history, seconds = common.train_distiller(
             student, teacher, terms, ds, epochs=FLAGS.epochs, steps=steps, out_dir=stage_dir

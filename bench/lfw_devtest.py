@@ -420,7 +420,8 @@ def _load_record(path):
 
 def _markdown(record, only=None):
     rows = [r for r in record["rows"] if only is None or r["model"] == only]
-    lines = [
+    head = [] if only else ["Commands: " + "; ".join(f"`{c}`" for c in record["commands"]), ""]
+    lines = head + [
         "| model | side | 8 | 12 | 16 | 20 | 24 | 32 | full | 16: vs teacher | params | "
         "ms fp32 / int8 | train s |",
         "|---|---|" + "---|" * 11,

@@ -130,3 +130,23 @@ def test_class_mean_head_logits_and_the_cache_built_from_embeddings(setup):
     built = TeacherCache.build(wrapped, x, progress=False)
     assert full.fingerprint == built.fingerprint
     np.testing.assert_allclose(full.logits, built.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_dropping_the_hr_view_with_a_cache_trains_the_same(setup):
+    x, y, teacher = setup
+    cache = TeacherCache.build(teacher, x, progress=False)
+
+    def ds():
+        return paired_dataset(x, y, spec=SPEC, batch_size=32, augment="flip", seed=1,
+                              teacher_cache=cache, keep_hr=False)  # fmt: skip
+
+    views, _ = next(iter(ds()))
+    assert "hr" not in views and {"lr", "teacher_embedding", "teacher_logits"} <= set(views)
+    student = tiny_model(4, num_classes=10, embedding_dim=6, seed=9)
+    d = Distiller(student, teacher, {"kd": DistillTerm(KDLoss(2.0), 0.5, "logits"),
+                                     "rkd": DistillTerm(RKDDistanceLoss(), 1.0)},
+                  task_loss=MaskedCrossEntropy())  # fmt: skip
+    d.compile(optimizer=keras.optimizers.SGD(0.05))
+    d.fit(ds(), epochs=3, verbose=0)
+    for a, b in zip(_train(x, y, teacher, cache), student.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -95,6 +95,7 @@ def paired_dataset(
     teacher_cache=None,
     start_step=None,
     num_classes=None,
+    keep_hr=True,
 ):
     """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
 
@@ -123,6 +124,10 @@ def paired_dataset(
         variable read when the iterator is created (pass the optimizer's
         `iterations`: after `BackupAndRestore` restores it, a resumed run sees
         exactly the batches an uninterrupted run would have seen).
+      keep_hr: False drops the HR view from the batches, which saves moving it
+        every step when nothing needs it: a student trained alone on LR views,
+        or a direct Distiller reading a teacher cache (a teacher run every step,
+        an assistant or a student on the HR view needs it).
       num_classes: when given, array labels must lie in [-1, num_classes)
         (-1: unlabelled); anything else stops with an error before training.
     """
@@ -135,13 +140,18 @@ def paired_dataset(
     def _views(element, s):
         if teacher_cache is None:
             image, label = element
-            return paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
+            views, label = paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
+            if not keep_hr:
+                del views["hr"]
+            return views, label
         image, label, emb, *logits = element
         views, label = paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
         v = tf.cast(flip_decision(s), tf.int32) if aug is not None else 0
         views["teacher_embedding"] = emb[v]
         if logits:  # an embedding-only teacher's cache has none
             views["teacher_logits"] = logits[0][v]
+        if not keep_hr:
+            del views["hr"]
         return views, label
 
     if start_step is not None:
