@@ -92,22 +92,12 @@ def parse_args(argv):
 
 def load_pool(aligned, devtest_pairs):
     """uint8 (N, 112, 112, 3) images and labels 0..C-1 of the people not in `devtest_pairs`."""
-    import tensorflow as tf
-
-    from lrface_tf.data.datasets import decode_image_file, identity_folder, lfw_pairs
+    from lrface_tf.data.datasets import identity_folder, lfw_pairs
+    from lrface_tf.eval.pairs import load_images
 
     held_out = {n for p in lfw_pairs(devtest_pairs) for n in (p.name_a, p.name_b)}
-    folder = identity_folder(aligned)
-    keep = [i for i, p in enumerate(folder.paths)
-            if os.path.basename(os.path.dirname(p)) not in held_out]  # fmt: skip
-    paths = [folder.paths[i] for i in keep]
-    _, labels = np.unique(folder.labels[keep], return_inverse=True)
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: decode_image_file(p, 112), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    images = np.concatenate([np.asarray(b) for b in ds.batch(512)])
-    images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
-    return images, labels.astype(np.int32), len(held_out)
+    folder = identity_folder(aligned, exclude_people=held_out)  # labels 0..C-1 of the rest
+    return load_images(folder.paths, 112), folder.labels.astype(np.int32), len(held_out)
 
 
 def main(argv=None):
@@ -333,7 +323,7 @@ class Trainer:
 def _latency(model, images, folder, size, calls=300):
     """One-thread LiteRT latency (ms per image, median) of fp32 and int8 exports."""
     from lrface_tf.data.degrade import degrade
-    from lrface_tf.export import TFLiteModel, convert_tflite
+    from lrface_tf.export import convert_tflite, latency_ms
 
     side = model.input_shape[1]
     x = np.asarray(images[:200], np.float32) / 255.0
@@ -343,16 +333,7 @@ def _latency(model, images, folder, size, calls=300):
     for q in ("float32", "int8"):
         path = convert_tflite(model, os.path.join(folder, f"model_{q}.tflite"), q,
                               representative_images=x)  # fmt: skip
-        lite = TFLiteModel(path, num_threads=1)
-        n = calls if side <= 32 else 30
-        for i in range(10):
-            lite(x[i : i + 1])
-        times = []
-        for i in range(n):
-            t = time.perf_counter()
-            lite(x[i % len(x) : i % len(x) + 1])
-            times.append(time.perf_counter() - t)
-        out[q] = 1000 * float(np.median(times))
+        out[q] = latency_ms(path, x, calls if side <= 32 else 30)
     return out
 
 

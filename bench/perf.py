@@ -83,23 +83,9 @@ def _teacher(args):
     return t
 
 
-def _time_tflite(path, x, calls):
-    from lrface_tf.export import TFLiteModel
-
-    lite = TFLiteModel(path, num_threads=1)
-    for i in range(10):
-        lite(x[i % len(x) : i % len(x) + 1])
-    times = []
-    for i in range(calls):
-        t = time.perf_counter()
-        lite(x[i % len(x) : i % len(x) + 1])
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
-
-
 def _latency(args):
     """One-thread LiteRT latency per image: the 16x16 student vs the SFace teacher at 112."""
-    from lrface_tf.export import convert_tflite
+    from lrface_tf.export import convert_tflite, latency_ms
     from lrface_tf.models import embedding_model
 
     rng = np.random.default_rng(0)
@@ -117,7 +103,7 @@ def _latency(args):
                                    representative_images=x)  # fmt: skip
                 desc = f"{name} ({model.count_params():,} params, {side}x{side}, {q})"
                 out[f"latency_ms_{name}_{q}"] = _fig(
-                    round(_time_tflite(p, x, n), 4), "ms", how.format(n=n, model=desc),
+                    round(latency_ms(p, x, n), 4), "ms", how.format(n=n, model=desc),
                     file_bytes=os.path.getsize(p),
                 )  # fmt: skip
     for q in ("float32", "int8"):

@@ -142,6 +142,9 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._t
 
 
+BACKUP_DIR = "backup"  # BackupAndRestore's folder inside a run's output_dir
+
+
 def standard_callbacks(output_dir=None, tensorboard=True, backup=True):
     """NaN guard, epoch timer, and (with an output folder) TensorBoard + BackupAndRestore."""
     cbs = [NaNGuard(), EpochTimer()]
@@ -149,7 +152,7 @@ def standard_callbacks(output_dir=None, tensorboard=True, backup=True):
         if tensorboard:
             cbs.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")))
         if backup:
-            cbs.append(keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")))
+            cbs.append(keras.callbacks.BackupAndRestore(os.path.join(output_dir, BACKUP_DIR)))
     return cbs
 
 
@@ -162,7 +165,8 @@ def restored_step(model, output_dir):
     tf.data raced with the restore: `fit()` peeks at the iterator before the
     callbacks run, and some resumed runs started from step 0.
     """
-    path = os.path.join(output_dir, "backup", "latest.weights.h5") if output_dir else None
+    # The file BackupAndRestore writes inside its folder.
+    path = os.path.join(output_dir, BACKUP_DIR, "latest.weights.h5") if output_dir else None
     if not path or not os.path.exists(path):
         return 0
     if not model.optimizer.built:

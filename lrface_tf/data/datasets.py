@@ -230,15 +230,22 @@ def identity_folder(
     return IdentityFolder(root, paths, np.asarray(labels, np.int32), names, report)
 
 
-def decode_image_file(path, size=None, channels=3):
-    """tf op: read + decode one image to float32 [0, 1], optional resize (area)."""
+def decode_image_bytes(data, size=None, channels=3):
+    """tf op: decode encoded image bytes to float32 [0, 1], optional resize (area)."""
     import tensorflow as tf
 
-    img = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    img = tf.io.decode_image(data, channels=channels, expand_animations=False)
     img = tf.image.convert_image_dtype(img, tf.float32)
     if size is not None:
         img = tf.image.resize(img, (size, size), method="area")
     return img
+
+
+def decode_image_file(path, size=None, channels=3):
+    """tf op: read + decode one image to float32 [0, 1], optional resize (area)."""
+    import tensorflow as tf
+
+    return decode_image_bytes(tf.io.read_file(path), size, channels)
 
 
 def identity_folder_dataset(folder, size, channels=3):

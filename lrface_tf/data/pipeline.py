@@ -121,9 +121,11 @@ def paired_dataset(
         which the batch at global step g depends only on (seed, g) — epoch
         e = g // steps_per_epoch uses the permutation and augmentation seeds of
         (seed, e, example). The stream starts at `start_step`, an int or a
-        variable read when the iterator is created (pass the optimizer's
-        `iterations`: after `BackupAndRestore` restores it, a resumed run sees
-        exactly the batches an uninterrupted run would have seen).
+        variable read when the iterator is created. Under `fit()` pass an int:
+        `lrface_tf.training.compile_and_fit` gives the step restored from the
+        backup (`restored_step`), so a resumed run sees exactly the batches an
+        uninterrupted run would have seen; `fit()` reads a batch before its
+        callbacks restore the optimizer, so its `iterations` is not safe here.
       keep_hr: False drops the HR view from the batches, which saves moving it
         every step when nothing needs it: a student trained alone on LR views,
         or a direct Distiller reading a teacher cache (a teacher run every step,
@@ -138,18 +140,13 @@ def paired_dataset(
     aug = AUGMENTATIONS[augment] if training else None
 
     def _views(element, s):
-        if teacher_cache is None:
-            image, label = element
-            views, label = paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
-            if not keep_hr:
-                del views["hr"]
-            return views, label
-        image, label, emb, *logits = element
+        image, label, *cached = element  # cached: (embeddings[, logits]) with a cache
         views, label = paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
-        v = tf.cast(flip_decision(s), tf.int32) if aug is not None else 0
-        views["teacher_embedding"] = emb[v]
-        if logits:  # an embedding-only teacher's cache has none
-            views["teacher_logits"] = logits[0][v]
+        if cached:
+            v = tf.cast(flip_decision(s), tf.int32) if aug is not None else 0
+            views["teacher_embedding"] = cached[0][v]
+            if len(cached) > 1:  # an embedding-only teacher's cache has no logits
+                views["teacher_logits"] = cached[1][v]
         if not keep_hr:
             del views["hr"]
         return views, label

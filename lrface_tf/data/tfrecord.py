@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 
-from lrface_tf.data.datasets import DataError
+from lrface_tf.data.datasets import DataError, decode_image_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -141,9 +141,7 @@ def tfrecord_dataset(tfr_dir, size, channels=3, shuffle_files=False, seed=0, cyc
 
     def decode(record):
         ex = tf.io.parse_single_example(record, spec)
-        img = tf.io.decode_image(ex["image"], channels=channels, expand_animations=False)
-        img = tf.image.convert_image_dtype(img, tf.float32)
-        img = tf.image.resize(img, (size, size), method="area")
+        img = decode_image_bytes(ex["image"], size, channels)
         img.set_shape((size, size, channels))
         return img, tf.cast(ex["label"], tf.int32)
 

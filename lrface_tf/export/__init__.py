@@ -2,7 +2,13 @@
 
 from lrface_tf.export.atomic import atomic_path, write_json, write_text
 from lrface_tf.export.savedmodel import export_savedmodel, save_keras
-from lrface_tf.export.tflite import QUANTIZATIONS, TFLiteModel, convert_tflite, parity_report
+from lrface_tf.export.tflite import (
+    QUANTIZATIONS,
+    TFLiteModel,
+    convert_tflite,
+    latency_ms,
+    parity_report,
+)
 
 __all__ = [
     "QUANTIZATIONS",
@@ -10,6 +16,7 @@ __all__ = [
     "atomic_path",
     "convert_tflite",
     "export_savedmodel",
+    "latency_ms",
     "parity_report",
     "save_keras",
     "write_json",

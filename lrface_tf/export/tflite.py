@@ -115,6 +115,27 @@ class TFLiteModel:
         return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
+def latency_ms(path, images, calls=300, warmup=10, num_threads=1):
+    """Median milliseconds of one single-image call of a `.tflite` model with LiteRT.
+
+    `warmup` calls first (not timed), then `calls` timed calls cycling through
+    `images` (float, the model's input range).
+    """
+    import time
+
+    lite = TFLiteModel(path, num_threads=num_threads)
+    images = np.asarray(images, np.float32)
+    one = [images[i % len(images)][None] for i in range(warmup + calls)]
+    for x in one[:warmup]:
+        lite(x)
+    times = []
+    for x in one[warmup:]:
+        t = time.perf_counter()
+        lite(x)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
 def parity_report(keras_model, tflite_model, images):
     """Compare Keras and TFLite outputs on the same real images.
 
