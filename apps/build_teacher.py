@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from apps import common
-from apps.common import FLAGS
+from apps import runner
+
+FLAGS = flags.FLAGS
 
 flags.DEFINE_string("name", "sface", "Registered teacher name (lrface_tf.teachers.TEACHERS).")
 flags.DEFINE_string("output", "saved_models/sface/teacher.keras", "Where to write the .keras file.")
@@ -28,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    runner.run(main)

@@ -2,27 +2,32 @@
 
     python -m apps.demo --flagfile=configs/demo.cfg
 
-Trains a teacher at 28x28, then students at 7x7, and prints one table:
-  teacher@28; the teacher on 7x7 probes upsampled to 28; the student trained
-  on 7x7 alone (baseline); the KD student; and the few-labels case: the
-  student with only N labelled 7x7 images alone, versus the same labels plus
-  the teacher's soft labels on all 60,000 HR views (the student sees their
-  7x7 views).
+Trains a teacher at 28x28, then students at 7x7 (each run is a library call of
+the same kind `apps.train_teacher` / `apps.distill` make), and prints one table:
+teacher@28; the teacher on 7x7 probes upsampled to 28; the student trained on
+7x7 alone (baseline); the KD student; and the few-labels case: the student with
+only N labelled 7x7 images alone, versus the same labels plus the teacher's soft
+labels on all 60,000 HR views (the student sees their 7x7 views; a share of each
+batch comes from the labelled few).
 Rows (top-1 on the 10,000 test images, parameters, wall seconds) also go to
 <output_dir>/results.json and results.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
-import numpy as np
 from absl import flags
 
-from apps import common
-from apps.common import FLAGS
+from apps import runner
+from apps.flag_groups import data, devices, method, network, output, resolution, training
 
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("teacher_backbone", "resnet8", "Teacher backbone.")
+flags.DEFINE_string("student_backbone", "resnet8", "Student backbone.")
 flags.DEFINE_integer("teacher_epochs", 4, "Teacher epochs.")
 flags.DEFINE_integer(
     "few_labels_per_class", 100, "Labelled images per class in the few-labels case."
@@ -33,6 +38,8 @@ flags.DEFINE_integer(
 flags.DEFINE_float(
     "few_labels_fraction", 0.25, "Share of each few-labels KD batch drawn from the labelled subset."
 )
+
+GROUPS = (data, devices, method, network, output, resolution, training)
 
 
 def _row(model, input_size, labelled, top1, params, seconds):
@@ -60,105 +67,115 @@ def _table(rows):
 
 
 def main(argv):
-    common.configure_devices()
-    spec = common.spec_from_flags()
-    strategy = common.strategy_from_flags()
-    data = common.load_data()
-    out = common.output_dir("demo")
-    import keras
-    import tensorflow as tf
+    devices.configure()
+    from lrface_tf.config import DistillConfig
+    from lrface_tf.data.degrade import DegradationSpec
+    from lrface_tf.data.sources import load_training_data
+    from lrface_tf.experiment import distill, load_teacher, test_accuracy, train_teacher
+    from lrface_tf.export import write_json, write_text
+    from lrface_tf.runs import RunFolder, write_record
 
-    from lrface_tf.data.pipeline import UNLABELLED
-    from lrface_tf.export import save_keras, write_json, write_text
-    from lrface_tf.methods import method_terms
-    from lrface_tf.models import build_recognizer
-
-    (x, y), (xs, ys) = data["train"], data["test"]
     hr, lr = FLAGS.teacher_size, FLAGS.student_size
-    bs = FLAGS.batch_size
-    steps = len(y) // bs
+    spec = resolution.spec()
+    data_cfg = data.config(hr, FLAGS.seed)
+    verbose = output.verbose()
+    train = training.config(verbose=verbose)
+    strategy = devices.strategy(train.batch_size)
+    out = output.folder("demo", strategy)
+    student = network.model_config(FLAGS.student_backbone, lr, 1.0)
+    base = DistillConfig(
+        data=data_cfg,
+        spec=spec,
+        student=student,
+        method="baseline",
+        augment=FLAGS.augment,
+        train=train,
+        output_dir=out,
+    )
     rows = []
+    with RunFolder(out):
+        # 1. Teacher at full resolution, and on 7x7 probes upsampled back to 28.
+        print(f"== teacher@{hr}: {FLAGS.teacher_epochs} epochs", flush=True)
+        t_dir = os.path.join(out, "teacher")
+        t_model = network.model_config(FLAGS.teacher_backbone, hr, 1.0)
+        t = train_teacher(
+            data_cfg,
+            t_model,
+            dataclasses.replace(train, epochs=FLAGS.teacher_epochs),
+            augment=FLAGS.augment,
+            output_dir=t_dir,
+            strategy=strategy,
+        )
+        n = t["data"]["used"]
+        rows.append(
+            _row(f"teacher@{hr}", hr, n, t["test"]["top1"], t["params"], t["train_seconds"])
+        )
+        teacher_path = os.path.join(t_dir, "teacher.keras")
+        t0 = time.perf_counter()
+        test = load_training_data(data_cfg).test
+        up = DegradationSpec(
+            FLAGS.degrade_kernel, (lr,), output_size=hr, upsample_kernel=FLAGS.upsample_kernel
+        )
+        t_lr = test_accuracy(load_teacher(teacher_path), test, up)
+        rows.append(
+            _row(
+                f"teacher on {lr}x{lr} upsampled to {hr}",
+                hr,
+                n,
+                t_lr["top1"],
+                t["params"],
+                time.perf_counter() - t0,
+            )
+        )
+        print(f"== teacher on {lr}px probes: {100 * t_lr['top1']:.2f}%", flush=True)
 
-    def recognizer(backbone, size, width, name):
-        return build_recognizer(
-            backbone, size, data["num_classes"], channels=data["channels"], head=FLAGS.head,
-            scale=FLAGS.margin_scale, width_multiplier=width,
-            embedding_dim=FLAGS.embedding_dim, name=name,
-        )  # fmt: skip
+        def student_row(name, label, labelled, **changes):
+            cfg = dataclasses.replace(base, output_dir=os.path.join(out, name), **changes)
+            print(f"== {name}", flush=True)
+            r = distill(cfg, strategy=strategy)
+            rows.append(
+                _row(label, lr, labelled, r["test"]["top1"], r["params"], r["train_seconds"])
+            )
 
-    def student_run(name, terms, ds, epochs, steps_, task_weight=None):
-        with strategy.scope():
-            keras.utils.set_random_seed(FLAGS.seed)
-            student = recognizer(FLAGS.student_backbone, lr, FLAGS.student_width, "student")
-            _, hist, secs = common.train_distiller(
-                student, teacher, terms, ds, epochs=epochs, steps=steps_,
-                out_dir=os.path.join(out, name), task_weight=task_weight,
-            )  # fmt: skip
-        acc = common.evaluate_on_test(student, xs, ys, lr)
-        save_keras(student, os.path.join(out, name, "student.keras"))
-        print(f"== {name}: top-1 {100 * acc['top1']:.2f}% in {secs:.0f}s", flush=True)
-        return student, acc, secs, hist
+        # 2. Students at LR with all labels: alone vs the method (KD).
+        kd = {
+            "method": FLAGS.method,
+            "teacher": teacher_path,
+            "hyperparameters": method.hyperparameters(),
+        }
+        student_row("baseline", f"student@{lr} alone", n)
+        student_row(FLAGS.method, f"student@{lr} {FLAGS.method}", n, **kd)
+        # 3. Few labels: N labelled LR images alone, vs + teacher soft labels on all images.
+        few = dataclasses.replace(data_cfg, labelled_per_class=FLAGS.few_labels_per_class)
+        n_few = 10 * FLAGS.few_labels_per_class
+        student_row(
+            "few_labels_alone",
+            f"student@{lr} alone, {n_few:,} labels",
+            n_few,
+            data=few,
+            train=dataclasses.replace(train, epochs=FLAGS.few_labels_epochs),
+        )
+        frac = FLAGS.few_labels_fraction
+        # Same weight per labelled example as the KD run: the masked CE averages over the
+        # whole batch, of which `frac` is labelled.
+        hyper = {**kd["hyperparameters"]}
+        from lrface_tf.methods import resolve
 
-    # 1. Teacher at full resolution.
-    print(f"== teacher@{hr}: {FLAGS.teacher_epochs} epochs on {len(y):,} images", flush=True)
-    with strategy.scope():
-        keras.utils.set_random_seed(FLAGS.seed)
-        teacher = recognizer(FLAGS.teacher_backbone, hr, FLAGS.teacher_width, "teacher")
-        ds = common.paired(x, y, spec, training=True, repeat=True)
-        _, t_hist, t_secs = common.train_distiller(
-            teacher, None, {}, ds, epochs=FLAGS.teacher_epochs, steps=steps,
-            out_dir=os.path.join(out, "teacher"), student_view="hr", task_weight=1.0,
-        )  # fmt: skip
-    save_keras(teacher, os.path.join(out, "teacher", "teacher.keras"))
-    t_acc = common.evaluate_on_test(teacher, xs, ys, hr)
-    rows.append(_row(f"teacher@{hr}", hr, len(y), t_acc["top1"], teacher.count_params(), t_secs))
-    t0 = time.perf_counter()
-    t_lr = common.evaluate_on_test(teacher, xs, ys, lr, input_size=hr)
-    rows.append(_row(f"teacher on {lr}x{lr} upsampled to {hr}", hr, len(y), t_lr["top1"],
-                     teacher.count_params(), time.perf_counter() - t0))  # fmt: skip
-    print(f"== teacher@{hr}: {100 * t_acc['top1']:.2f}%, on {lr}px probes: "
-          f"{100 * t_lr['top1']:.2f}%", flush=True)  # fmt: skip
-
-    # 2. Students at LR with all labels: alone vs KD.
-    ds = common.paired(x, y, spec, training=True, repeat=True)
-    s, acc, secs, _ = student_run("baseline", {}, ds, FLAGS.epochs, steps, task_weight=1.0)
-    rows.append(_row(f"student@{lr} alone", lr, len(y), acc["top1"], s.count_params(), secs))
-    terms = method_terms(FLAGS.method, common.method_config())
-    s, acc, secs, _ = student_run(FLAGS.method, terms, ds, FLAGS.epochs, steps)
-    rows.append(
-        _row(f"student@{lr} {FLAGS.method}", lr, len(y), acc["top1"], s.count_params(), secs)
-    )
-
-    # 3. Few labels: N labelled LR images alone, vs + teacher soft labels on all images.
-    y_few, keep = common.with_few_labels(y, FLAGS.few_labels_per_class, FLAGS.seed)
-    n_lab = len(keep)
-    few_ds = common.paired(x[keep], y[keep], spec, training=True, repeat=True)
-    few_steps = max(1, n_lab // bs)
-    s, acc, secs, _ = student_run("few_labels_alone", {}, few_ds, FLAGS.few_labels_epochs,
-                                  few_steps, task_weight=1.0)  # fmt: skip
-    rows.append(_row(f"student@{lr} alone, {n_lab:,} labels", lr, n_lab, acc["top1"],
-                     s.count_params(), secs))  # fmt: skip
-    frac = FLAGS.few_labels_fraction
-    labelled = tf.data.Dataset.from_tensor_slices((x[keep], y[keep])).repeat()
-    everything = tf.data.Dataset.from_tensor_slices((x, np.full_like(y_few, UNLABELLED))).repeat()
-    mixed = tf.data.Dataset.sample_from_datasets(
-        [labelled, everything], weights=[frac, 1.0 - frac], seed=FLAGS.seed
-    )
-    mixed_ds = common.paired(mixed, None, spec, training=True)
-    # Same per-labelled-example weight as the KD run: the masked CE averages
-    # over the whole batch, of which only `frac` is labelled.
-    s, acc, secs, _ = student_run(f"few_labels_{FLAGS.method}", terms, mixed_ds, FLAGS.epochs,
-                                  steps, task_weight=FLAGS.task_weight / frac)  # fmt: skip
-    rows.append(_row(f"student@{lr} {FLAGS.method}, {n_lab:,} labels + teacher on all",
-                     lr, n_lab, acc["top1"], s.count_params(), secs))  # fmt: skip
-
-    table = _table(rows)
-    write_json(os.path.join(out, "results.json"), rows)
-    write_text(os.path.join(out, "results.md"), table + "\n")
-    common.write_run_record(out, spec, {"rows": rows, "data": data["report"]})
+        hyper["task_weight"] = resolve(FLAGS.method, hyper)["task_weight"] / frac
+        student_row(
+            f"few_labels_{FLAGS.method}",
+            f"student@{lr} {FLAGS.method}, {n_few:,} labels + teacher on all",
+            n_few,
+            data=dataclasses.replace(few, labelled_fraction=frac),
+            **{**kd, "hyperparameters": hyper},
+        )
+        table = _table(rows)
+        write_json(os.path.join(out, "results.json"), rows)
+        write_text(os.path.join(out, "results.md"), table + "\n")
+        write_record(out, metrics={"rows": rows}, flags_text=runner.flags_text(), spec=spec)
     print()
     print(table)
 
 
 if __name__ == "__main__":
-    common.run(main)
+    runner.run(main, adopt=GROUPS)

@@ -1,140 +1,158 @@
-"""Distil a low-resolution student from a trained high-resolution teacher.
+"""Distil a low-resolution student from a frozen high-resolution teacher.
 
-    python -m apps.distill --flagfile=configs/fmnist_kd.cfg
-    python -m apps.distill --flagfile=configs/fmnist_horkd_two_stage.cfg
+    python -m apps.distill --flagfile=configs/fmnist/kd.cfg
+    python -m apps.distill --flagfile=configs/lfw/horkd_two_stage.cfg
 
---method picks the loss terms (lrface_tf.methods.METHODS); "baseline" trains
-the student alone on LR images. --stages=two_stage runs HORKD's Sec. 3.3:
-stage 1 (cross-structure) distils the teacher into a compact assistant on HR
-images; stage 2 (cross-resolution) distils the assistant into a student of the
-same architecture on LR images, optionally initialised from the assistant.
-Each stage has its own folder; a finished stage is not redone and an
-interrupted one resumes from its BackupAndRestore checkpoint.
-Writes <output_dir>/student.keras and the run record.
+--method picks the loss terms (lrface_tf.methods.METHODS; "baseline" trains the
+student alone on LR images); every hyper-parameter flag left unset takes the
+method's default. --stages=two_stage runs HORKD's Sec. 3.3: stage 1
+(cross-structure) distils the teacher into an assistant (--assistant_backbone,
+--assistant_width, --assistant_size); stage 2 (cross-resolution) distils the
+frozen assistant into the student, which starts from the assistant's weights
+with --init_from=assistant. Each stage has its own folder; a finished stage is
+not redone and an interrupted one resumes from its backup.
+
+Faces: --data=identity_folder --data_dir=<aligned faces>[,<more>] with
+--unlabelled_dir=<flat folders>, --exclude_people_from=<test pairs file>;
+--teacher_head=class_mean gives an embedding-only teacher (SFace) logits over
+the training people; --views=K and --teacher_cache run the teacher once per
+image and view; --val_pairs scores the student on validation pairs at the end.
+
+Writes <output_dir>/student.keras and the run record (flags.cfg, config.json,
+degradation.json, metrics.json).
 """
 
 from __future__ import annotations
 
-import os
+from absl import flags
 
-from apps import common
-from apps.common import FLAGS
+from apps import runner
+from apps.flag_groups import data, devices, method, network, output, resolution, training
+from lrface_tf.config import INIT_FROM, STAGES, TEACHER_HEADS
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("student_backbone", "resnet8", "Student backbone ('teacher': a copy of it).")
+flags.DEFINE_float("student_width", 1.0, "Student width multiplier.")
+flags.DEFINE_string("teacher", None, "The frozen teacher (.keras).")
+flags.DEFINE_enum(
+    "teacher_head",
+    "own",
+    list(TEACHER_HEADS),
+    "Teacher logits: its own, or a cosine head on its class means over the training people "
+    "(for an embedding-only teacher such as SFace).",
+)
+flags.DEFINE_float("teacher_head_scale", 16.0, "Scale s of the class-mean head.")
+flags.DEFINE_integer(
+    "views",
+    0,
+    "K fixed augmented views per image (0: --augment per step); see lrface_tf.data.views.",
+)
+flags.DEFINE_bool("view_flip", True, "Views: view 1 is the mirror image; views 2.. flip at random.")
+flags.DEFINE_float("view_shift", 0.0, "Views: largest shift, as a fraction of the side.")
+flags.DEFINE_float("view_scale", 0.0, "Views: largest zoom change (fraction).")
+flags.DEFINE_float("view_rotation", 0.0, "Views: largest rotation in degrees.")
+flags.DEFINE_float("view_colour", 0.0, "Views: largest brightness / contrast / saturation change.")
+flags.DEFINE_integer(
+    "view_seed", 0, "Seed of the views (not --seed: runs of several seeds share one cache)."
+)
+flags.DEFINE_bool(
+    "teacher_cache",
+    False,
+    "Cache the frozen supervisor's outputs per image and view (built once, shared by fingerprint).",
+)
+flags.DEFINE_string("cache_dir", "saved_models/cache", "Where teacher caches are kept.")
+flags.DEFINE_enum(
+    "cache_runtime", "keras", ["keras", "tflite"], "What runs the teacher to fill the cache."
+)
+flags.DEFINE_enum(
+    "stages",
+    "direct",
+    list(STAGES),
+    "direct: teacher -> student; two_stage: teacher -> assistant -> student (HORKD Sec. 3.3).",
+)
+flags.DEFINE_string("assistant_backbone", None, "Assistant backbone (default: the student's).")
+flags.DEFINE_float("assistant_width", 0.0, "Assistant width (0: the student's).")
+flags.DEFINE_integer("assistant_size", 0, "Assistant input size (0: --teacher_size).")
+flags.DEFINE_integer("assistant_epochs", 0, "Stage-1 epochs (0: --epochs).")
+flags.DEFINE_enum(
+    "init_from", "none", list(INIT_FROM), "Start the student from these weights (by layer name)."
+)
+flags.DEFINE_string("val_pairs", None, "Validation pairs file (LFW format), scored after training.")
+flags.DEFINE_string("val_image_root", None, "Image root of --val_pairs.")
+
+GROUPS = (data, devices, method, network, output, resolution, training)
 
 
-def _build(data, backbone, size, name):
-    from lrface_tf.models import build_recognizer
+def config():
+    """The frozen `DistillConfig` of the flags."""
+    from lrface_tf.config import DistillConfig, StageConfig
+    from lrface_tf.data.views import ViewSpec
 
-    return common.maybe_synchronized(build_recognizer(
-        backbone, size, data["num_classes"], channels=data["channels"], head=FLAGS.head,
-        scale=FLAGS.margin_scale, width_multiplier=FLAGS.student_width,
-        embedding_dim=FLAGS.embedding_dim, name=name,
-    ))  # fmt: skip
+    spec = resolution.spec()
+    student = network.model_config(
+        FLAGS.student_backbone, resolution.student_input_size(), FLAGS.student_width
+    )
+    assistant = None
+    if FLAGS.stages == "two_stage":
+        assistant = network.model_config(
+            FLAGS.assistant_backbone or FLAGS.student_backbone,
+            FLAGS.assistant_size or FLAGS.teacher_size,
+            FLAGS.assistant_width or FLAGS.student_width,
+        )
+    views = None
+    if FLAGS.views:
+        views = ViewSpec(
+            count=FLAGS.views,
+            flip=FLAGS.view_flip,
+            shift=FLAGS.view_shift,
+            scale=FLAGS.view_scale,
+            rotation=FLAGS.view_rotation,
+            colour=FLAGS.view_colour,
+            seed=FLAGS.view_seed,
+        )
+    return DistillConfig(
+        data=data.config(FLAGS.teacher_size, FLAGS.seed),
+        spec=spec,
+        student=student,
+        teacher=FLAGS.teacher,
+        teacher_head=FLAGS.teacher_head,
+        teacher_head_scale=FLAGS.teacher_head_scale,
+        method=FLAGS.method,
+        hyperparameters=method.hyperparameters(),
+        views=views,
+        augment=FLAGS.augment,
+        teacher_cache=FLAGS.teacher_cache,
+        cache_dir=FLAGS.cache_dir,
+        cache_runtime=FLAGS.cache_runtime,
+        stages=StageConfig(FLAGS.stages, assistant, FLAGS.assistant_epochs, FLAGS.init_from),
+        train=training.config(verbose=output.verbose()),
+        output_dir=output.folder(f"distill_{FLAGS.method}"),
+        val_pairs=FLAGS.val_pairs,
+        val_image_root=FLAGS.val_image_root,
+    )
 
 
 def main(argv):
-    common.configure_devices()
-    spec = common.spec_from_flags()
-    strategy = common.strategy_from_flags()
-    from lrface_tf.methods import method_terms
+    devices.configure()
+    cfg = config()  # every flag checked before anything is written
+    strategy = devices.strategy(cfg.train.batch_size)
+    import dataclasses
 
-    terms_needed = bool(method_terms(FLAGS.method))
-    if terms_needed and not FLAGS.teacher:
-        raise ValueError(f"method {FLAGS.method} needs --teacher=<teacher.keras>")
-    if FLAGS.stages == "two_stage" and not terms_needed:
-        raise ValueError("--stages=two_stage needs a distillation method, not baseline")
-    cache_ok = FLAGS.augment in ("none", "flip") and FLAGS.stages == "direct"
-    if FLAGS.teacher_cache and not (cache_ok and FLAGS.data == "fashion_mnist"):
-        raise ValueError(
-            "--teacher_cache needs --augment=none or flip, --stages=direct and in-memory data "
-            f"(got --augment={FLAGS.augment}, --stages={FLAGS.stages}, --data={FLAGS.data})"
+    from lrface_tf.experiment import distill
+    from lrface_tf.runs import RunFolder, write_record
+
+    cfg = dataclasses.replace(cfg, output_dir=output.folder(f"distill_{FLAGS.method}", strategy))
+    with RunFolder(cfg.output_dir):
+        result = distill(cfg, strategy=strategy, callbacks=devices.fault_injection())
+        write_record(
+            cfg.output_dir,
+            metrics=result,
+            config=cfg.to_dict(),
+            flags_text=runner.flags_text(),
+            spec=cfg.spec,
         )
-    data = common.load_data()
-    out = common.output_dir(f"distill_{FLAGS.method}")
-    import keras
-
-    from lrface_tf.export import save_keras
-    from lrface_tf.models.recognizer import copy_weights_by_name
-
-    x, y = data["train"] if isinstance(data["train"], tuple) else (data["train"], None)
-    n = len(y) if y is not None else len(x)
-    if FLAGS.labelled_per_class:
-        y, _ = common.with_few_labels(y, FLAGS.labelled_per_class, FLAGS.seed)
-    steps = n // FLAGS.batch_size
-    size = common.student_input_size()
-    result = {"method": FLAGS.method, "stages": FLAGS.stages}
-    with strategy.scope():
-        keras.utils.set_random_seed(FLAGS.seed)
-        teacher = common.load_teacher(FLAGS.teacher, FLAGS.teacher_size) if terms_needed else None
-        if FLAGS.stages == "two_stage":
-            teacher, result["stage1"] = _stage1_assistant(data, teacher, x, y, spec, n, out)
-        student = _build(data, FLAGS.student_backbone, size, "student")
-        if FLAGS.stages == "two_stage" and FLAGS.init_from_assistant:
-            copy_weights_by_name(teacher, student)
-        terms = method_terms(FLAGS.method, common.method_config(n))
-        cache = None
-        if FLAGS.teacher_cache and terms_needed:
-            from lrface_tf.data.teacher_cache import load_or_build
-
-            variants = ("none", "flip") if FLAGS.augment == "flip" else ("none",)
-            cache, status = load_or_build(
-                os.path.join(out, "teacher_cache.npz"), teacher, x, variants,
-                hr_size=FLAGS.teacher_size, progress=FLAGS.verbose > 0,
-            )  # fmt: skip
-            print(f"teacher cache: {status}")
-            result["teacher_cache"] = status
-        # The HR view is needed only by a teacher that runs every step.
-        keep_hr = terms_needed and cache is None
-        ds = common.paired(x, y, spec, training=True, repeat=True, teacher_cache=cache,
-                           num_classes=data["num_classes"], keep_hr=keep_hr)  # fmt: skip
-        stage_dir = os.path.join(out, "stage2_student") if FLAGS.stages == "two_stage" else out
-        _, history, seconds = common.train_distiller(
-            student, teacher, terms, ds, epochs=FLAGS.epochs, steps=steps, out_dir=stage_dir
-        )
-    result.update(history=history, train_seconds=seconds, params=student.count_params())
-    if data["test"] is not None:
-        result["test"] = common.evaluate_on_test(student, *data["test"], FLAGS.student_size, size)
-        top1 = 100 * result["test"]["top1"]
-        print(f"student@{FLAGS.student_size} ({FLAGS.method}, {FLAGS.stages}): top-1 {top1:.2f}%")
-    save_keras(student, os.path.join(out, "student.keras"))
-    common.write_run_record(out, spec, {**result, "data": data["report"]})
-
-
-def _stage1_assistant(data, teacher, x, y, spec, n, out):
-    """Cross-structure stage: teacher -> assistant on HR views; skipped when done."""
-    import keras
-
-    from lrface_tf.export import save_keras, write_json
-    from lrface_tf.methods import method_terms
-
-    stage_dir = os.path.join(out, "stage1_assistant")
-    path = os.path.join(stage_dir, "assistant.keras")
-    if os.path.exists(path):
-        print(f"stage 1 already done: reusing {path}")
-        assistant = keras.saving.load_model(path, compile=False)
-        return assistant, {"reused": path}
-    backbone = FLAGS.assistant_backbone or FLAGS.student_backbone
-    if FLAGS.init_from_assistant and backbone != FLAGS.student_backbone:
-        raise ValueError(
-            "--init_from_assistant needs --assistant_backbone equal to --student_backbone"
-        )
-    assistant = _build(data, backbone, FLAGS.teacher_size, "assistant")
-    terms = method_terms(FLAGS.method, common.method_config(n))
-    steps = n // FLAGS.batch_size
-    ds = common.paired(x, y, spec, training=True, repeat=True, num_classes=data["num_classes"])
-    epochs = FLAGS.assistant_epochs or FLAGS.epochs
-    _, history, seconds = common.train_distiller(
-        assistant, teacher, terms, ds, epochs=epochs, steps=steps, out_dir=stage_dir,
-        student_view="hr",
-    )  # fmt: skip
-    record = {"history": history, "train_seconds": seconds, "params": assistant.count_params()}
-    if data["test"] is not None:
-        record["test"] = common.evaluate_on_test(assistant, *data["test"], FLAGS.teacher_size)
-        print(f"assistant@{FLAGS.teacher_size}: top-1 {100 * record['test']['top1']:.2f}%")
-    write_json(os.path.join(stage_dir, "metrics.json"), record)
-    save_keras(assistant, path)  # written last: its presence marks the stage as done
-    assistant.trainable = False
-    return assistant, record
 
 
 if __name__ == "__main__":
-    common.run(main)
+    runner.run(main, adopt=GROUPS)

@@ -23,8 +23,10 @@ import os
 import numpy as np
 from absl import flags
 
-from apps import common
-from apps.common import FLAGS
+from apps import runner
+from apps.flag_groups import data, output, resolution
+
+FLAGS = flags.FLAGS
 
 flags.DEFINE_list("models", [], "Models (.keras or .tflite) to evaluate.")
 flags.DEFINE_list("probe_sizes", ["full"], "Probe sizes (ints or 'full').")
@@ -32,7 +34,15 @@ flags.DEFINE_string("pairs", None, "LFW-format pairs file: verification instead 
 flags.DEFINE_string("image_root", None, "Image root for --pairs (root/<person>/<person>_0001.jpg).")
 flags.DEFINE_string("image_ext", ".jpg", "Image file extension for --pairs.")
 flags.DEFINE_integer("image_size", 112, "Size the pair images are loaded at (the aligned crop).")
-flags.DEFINE_list("sides", ["probe"], "Degraded side(s): probe (HR gallery vs LR probe), both.")
+flags.DEFINE_list(
+    "sides",
+    ["probe"],
+    "Degraded side(s): probe (HR gallery vs LR probe), both, cross (gallery embedded at HR by "
+    "--gallery_model, probe by the model at LR).",
+)
+flags.DEFINE_string(
+    "gallery_model", None, "Cross-model protocol: the model that embeds the HR gallery (teacher)."
+)
 flags.DEFINE_bool("flip_fusion", False, "Add the embedding of the mirrored image (reported).")
 flags.DEFINE_string(
     "identification_root",
@@ -41,20 +51,22 @@ flags.DEFINE_string(
     "the others are LR probes (rank-1/5, CMC); plus the linear-probe protocol.",
 )
 flags.DEFINE_integer("linear_probe_epochs", 100, "Epochs of the linear-probe softmax (0: skip).")
+flags.DEFINE_integer("seed", 0, "Seed of the linear probe.")
+
+GROUPS = (data, output, resolution)
 
 
 def _load(path):
-    import keras
-
     import lrface_tf.layers  # noqa: F401  (custom objects)
     import lrface_tf.losses  # noqa: F401
+    from lrface_tf.experiment import load_keras_file
     from lrface_tf.export import TFLiteModel
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"model {path} does not exist")
     if path.endswith(".tflite"):
         return TFLiteModel(path)
-    return keras.saving.load_model(path, compile=False)
+    return load_keras_file(path)
 
 
 def _sizes():
@@ -62,21 +74,39 @@ def _sizes():
 
 
 def classification(models, out):
-    data = common.load_data()
-    if data["test"] is None:
+    from lrface_tf.data.degrade import DegradationSpec
+    from lrface_tf.data.sources import load_training_data
+    from lrface_tf.experiment import test_accuracy
+
+    test = load_training_data(data.config(FLAGS.teacher_size, FLAGS.seed)).test
+    if test is None:
         raise ValueError(f"--data={FLAGS.data} has no labelled test split; pass --pairs")
-    x, y = data["test"]
+    x, y = test
     rows = []
     for path, model in models.items():
         in_size = model.input_shape[1]
         for p in _sizes():
             probe = x.shape[1] if p is None else p
-            acc = common.evaluate_on_test(model, x, y, min(probe, in_size), in_size)
-            rows.append({
-                "model": path, "input_size": in_size, "probe_size": probe,
-                "top1": acc["top1"], "top5": acc["top5"], "n": acc["n"],
-                "kernel": FLAGS.degrade_kernel, "upsample_kernel": FLAGS.upsample_kernel,
-            })  # fmt: skip
+            size = min(probe, in_size)
+            spec = DegradationSpec(
+                FLAGS.degrade_kernel,
+                (size,),
+                output_size=in_size if in_size != size else None,
+                upsample_kernel=FLAGS.upsample_kernel,
+            )
+            acc = test_accuracy(model, (x, y), spec)
+            rows.append(
+                {
+                    "model": path,
+                    "input_size": in_size,
+                    "probe_size": probe,
+                    "top1": acc["top1"],
+                    "top5": acc["top5"],
+                    "n": acc["n"],
+                    "kernel": FLAGS.degrade_kernel,
+                    "upsample_kernel": FLAGS.upsample_kernel,
+                }
+            )
     md = ["| model | input | probe | top-1 | top-5 |", "|---|---|---|---|---|"]
     md += [
         f"| {r['model']} | {r['input_size']} | {r['probe_size']} | "
@@ -92,32 +122,51 @@ def verification(models, out):
 
     if not FLAGS.image_root:
         raise ValueError("--pairs needs --image_root=<folder of person folders>")
-    bad = [s for s in FLAGS.sides if s not in ("probe", "both")]
+    bad = [s for s in FLAGS.sides if s not in ("probe", "both", "cross")]
     if bad:
-        raise ValueError(f"unknown sides {bad}: use probe, both")
-    data = load_pair_images(FLAGS.pairs, FLAGS.image_root, FLAGS.image_size, FLAGS.image_ext)
+        raise ValueError(f"unknown sides {bad}: use probe, both, cross")
+    gallery = None
+    if "cross" in FLAGS.sides:
+        if not FLAGS.gallery_model:
+            raise ValueError("--sides=cross needs --gallery_model=<the HR gallery model>")
+        gallery = _load(FLAGS.gallery_model)
+    pairs = load_pair_images(FLAGS.pairs, FLAGS.image_root, FLAGS.image_size, FLAGS.image_ext)
     os.makedirs(out, exist_ok=True)
     rows, curves, md = [], {}, []
     for path, model in models.items():
         name = os.path.basename(path)
         cache = {}
-        md += [f"### {name}", "", "| probe | " + " | ".join(FLAGS.sides) + " |",
-               "|---" * (len(FLAGS.sides) + 1) + "|"]  # fmt: skip
+        md += [
+            f"### {name}",
+            "",
+            "| probe | " + " | ".join(FLAGS.sides) + " |",
+            "|---" * (len(FLAGS.sides) + 1) + "|",
+        ]
         for p in _sizes():
             cells = []
             for side in FLAGS.sides:
-                r = evaluate_pairs(model, data, p, side, FLAGS.degrade_kernel,
-                                   FLAGS.upsample_kernel, FLAGS.flip_fusion,
-                                   cache=cache)  # fmt: skip
+                r = evaluate_pairs(
+                    model,
+                    pairs,
+                    p,
+                    side,
+                    FLAGS.degrade_kernel,
+                    FLAGS.upsample_kernel,
+                    FLAGS.flip_fusion,
+                    cache=cache,
+                    gallery_model=gallery,
+                )
                 scores, roc = r.pop("scores"), r.pop("roc")
                 rows.append({"model": path, **r})
                 cells.append(f"{100 * r['accuracy']:.2f} +- {100 * r['accuracy_std']:.2f}")
                 if p == min((s for s in _sizes() if s), default=None) and side == "probe":
                     curves[f"{name} @{p}px probe"] = roc
                     plot_similarity_histograms(
-                        scores, data["same"], os.path.join(out, f"similarity_{name}.png"),
+                        scores,
+                        pairs["same"],
+                        os.path.join(out, f"similarity_{name}.png"),
                         title=f"{name}, {p}px probe",
-                    )  # fmt: skip
+                    )
             md.append(f"| {p or 'full'} | " + " | ".join(cells) + " |")
         md.append("")
     if curves:
@@ -128,9 +177,12 @@ def verification(models, out):
             (r["probe_size"], 100 * r["accuracy"])
         )
     plot_accuracy_vs_size(series, os.path.join(out, "accuracy_vs_size.png"))
-    header = [f"Pairs: {FLAGS.pairs}; kernel {FLAGS.degrade_kernel}, upsampling "
-              f"{FLAGS.upsample_kernel}, flip fusion {FLAGS.flip_fusion}; accuracy mean +- std "
-              "over folds, thresholds fit on the other folds per condition.", ""]  # fmt: skip
+    header = [
+        f"Pairs: {FLAGS.pairs}; kernel {FLAGS.degrade_kernel}, upsampling "
+        f"{FLAGS.upsample_kernel}, flip fusion {FLAGS.flip_fusion}; accuracy mean +- std "
+        "over folds, thresholds fit on the other folds per condition.",
+        "",
+    ]
     return rows, header + md
 
 
@@ -161,11 +213,14 @@ def identification(models, out):
     train = rank_in_person % 2 == 0
     os.makedirs(out, exist_ok=True)
     rows, curves = [], {}
-    md = [f"Identification on {FLAGS.identification_root}: {folder.num_classes} people, "
-          f"{int(first.sum())} gallery images (HR), {int((~first).sum())} probes; kernel "
-          f"{FLAGS.degrade_kernel}, upsampling {FLAGS.upsample_kernel}.", "",
-          "| model | probe | rank-1 | rank-5 | linear probe top-1 | top-5 |",
-          "|---|---|---|---|---|---|"]  # fmt: skip
+    md = [
+        f"Identification on {FLAGS.identification_root}: {folder.num_classes} people, "
+        f"{int(first.sum())} gallery images (HR), {int((~first).sum())} probes; kernel "
+        f"{FLAGS.degrade_kernel}, upsampling {FLAGS.upsample_kernel}.",
+        "",
+        "| model | probe | rank-1 | rank-5 | linear probe top-1 | top-5 |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def embed(model, x, size, probe):
         x = prepare(x, size, probe, FLAGS.degrade_kernel, FLAGS.upsample_kernel)
@@ -177,44 +232,60 @@ def identification(models, out):
         for p in _sizes():
             probes = embed(model, images, size, p)
             cmc = cmc_curve(gallery, labels[first], probes[~first], labels[~first])
-            row = {"model": path, "probe_size": p or FLAGS.image_size, "rank1": float(cmc[0]),
-                   "rank5": float(cmc[min(5, len(cmc)) - 1]), "people": folder.num_classes,
-                   "probes": int((~first).sum()), "kernel": FLAGS.degrade_kernel,
-                   "upsample_kernel": FLAGS.upsample_kernel}  # fmt: skip
+            row = {
+                "model": path,
+                "probe_size": p or FLAGS.image_size,
+                "rank1": float(cmc[0]),
+                "rank5": float(cmc[min(5, len(cmc)) - 1]),
+                "people": folder.num_classes,
+                "probes": int((~first).sum()),
+                "kernel": FLAGS.degrade_kernel,
+                "upsample_kernel": FLAGS.upsample_kernel,
+            }
             if FLAGS.linear_probe_epochs:
-                lp = linear_probe(probes[train], labels[train], probes[~train], labels[~train],
-                                  epochs=FLAGS.linear_probe_epochs, seed=FLAGS.seed)  # fmt: skip
+                lp = linear_probe(
+                    probes[train],
+                    labels[train],
+                    probes[~train],
+                    labels[~train],
+                    epochs=FLAGS.linear_probe_epochs,
+                    seed=FLAGS.seed,
+                )
                 row.update(linear_probe_top1=lp["top1"], linear_probe_top5=lp["top5"])
             rows.append(row)
             curves[f"{os.path.basename(path)} @{p or 'full'}"] = cmc
             lp = [row.get(f"linear_probe_top{k}") for k in (1, 5)]
             lp_cells = " | ".join("-" if v is None else f"{100 * v:.2f}" for v in lp)
-            md.append(f"| {os.path.basename(path)} | {p or 'full'} | {100 * row['rank1']:.2f} | "
-                      f"{100 * row['rank5']:.2f} | {lp_cells} |")  # fmt: skip
+            md.append(
+                f"| {os.path.basename(path)} | {p or 'full'} | {100 * row['rank1']:.2f} | "
+                f"{100 * row['rank5']:.2f} | {lp_cells} |"
+            )
     plot_cmc(curves, os.path.join(out, "cmc.png"))
     return rows, md
 
 
 def main(argv):
     from lrface_tf.export.atomic import write_json, write_text
+    from lrface_tf.runs import RunFolder, write_record
 
     if not FLAGS.models:
         raise ValueError("pass --models=<a.keras>[,<b.tflite>...]")
-    models = {path: _load(path) for path in FLAGS.models}
-    out = common.output_dir("evaluate")
     if FLAGS.pairs and FLAGS.identification_root:
         raise ValueError("pass either --pairs (verification) or --identification_root, not both")
-    if FLAGS.pairs:
-        rows, md = verification(models, out)
-    elif FLAGS.identification_root:
-        rows, md = identification(models, out)
-    else:
-        rows, md = classification(models, out)
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "results.json"), {"rows": rows})
-    write_text(os.path.join(out, "results.md"), "\n".join(md) + "\n")
+    models = {path: _load(path) for path in FLAGS.models}
+    out = output.folder("evaluate")
+    with RunFolder(out):  # the folder is writable and ours before any work is done
+        if FLAGS.pairs:
+            rows, md = verification(models, out)
+        elif FLAGS.identification_root:
+            rows, md = identification(models, out)
+        else:
+            rows, md = classification(models, out)
+        write_json(os.path.join(out, "results.json"), {"rows": rows})
+        write_text(os.path.join(out, "results.md"), "\n".join(md) + "\n")
+        write_record(out, metrics={"results": "results.json"}, flags_text=runner.flags_text())
     print("\n".join(md))
 
 
 if __name__ == "__main__":
-    common.run(main)
+    runner.run(main, adopt=GROUPS)

@@ -1,10 +1,19 @@
-"""Export a trained student: SavedModel, TFLite (float32 / dynamic-range / int8).
+"""Export a trained student: SavedModel and TFLite (float32 / dynamic-range / int8), with parity.
 
-    python -m apps.export --model=saved_models/distill_kd/student.keras \
-        --output_dir=saved_models/export_kd
+    python -m apps.export --model=saved_models/fmnist/kd/student.keras \
+        --output_dir=saved_models/fmnist_kd_export
+    python -m apps.export --model=saved_models/lfw/best/student.keras \
+        --data=identity_folder --data_dir=saved_models/lfw_aligned --teacher_size=112 \
+        --output_dir=saved_models/lfw_best_export --latency_calls=300
 
-Each TFLite file is checked against the Keras model on real test images
-(max abs error, top-1 agreement), run with LiteRT; the report is parity.json.
+Each TFLite file is checked against the Keras model on real images (max abs
+error, top-1 agreement or embedding cosine), run with LiteRT; with
+--latency_calls the one-thread milliseconds per image are measured too. Face
+students get their images from --data=identity_folder (decoded at
+--teacher_size, degraded to the model's input size with --degrade_kernel).
+The export is all or nothing: it is written to a temporary sibling folder and
+moved into --output_dir only when complete, so a failed or killed export leaves
+the previous export (or nothing), never a mix.
 """
 
 from __future__ import annotations
@@ -14,35 +23,59 @@ import os
 import numpy as np
 from absl import flags
 
-from apps import common
-from apps.common import FLAGS
+from apps import runner
+from apps.flag_groups import data, output, resolution
+
+FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model", None, "Student model (.keras) to export.")
 flags.DEFINE_list("quantizations", ["float32", "dynamic_range", "int8"], "TFLite variants.")
-flags.DEFINE_integer("parity_images", 500, "Real test images for the parity check.")
-flags.DEFINE_integer("representative_images", 200, "Images for int8 calibration (from train).")
+flags.DEFINE_integer("parity_images", 500, "Real images for the parity check (>= 1).")
+flags.DEFINE_integer("representative_images", 200, "Images for int8 calibration (>= 1).")
+flags.DEFINE_integer("latency_calls", 0, "Time this many one-image LiteRT calls (0: skip).")
+flags.DEFINE_integer("seed", 0, "Seed of the image sample (face data).")
+
+GROUPS = (data, output, resolution)
 
 
-def _images(x, n, size, offset=0):
-    import tensorflow as tf
+def _images(model_size):
+    """(parity images, representative images): float [0, 1] at the model's input size,
+    from different examples."""
+    from lrface_tf.data.sources import load_training_data
+    from lrface_tf.eval.pairs import prepare
 
-    from lrface_tf.data.degrade import degrade
+    need = FLAGS.parity_images + FLAGS.representative_images
+    cfg = data.config(FLAGS.teacher_size, FLAGS.seed)
+    loaded = load_training_data(cfg)
+    if loaded.test is not None:
+        parity, reps = loaded.test[0][: FLAGS.parity_images], loaded.images
+    else:
+        if len(loaded) < need:
+            raise ValueError(
+                f"{len(loaded)} images cannot give {FLAGS.parity_images} parity + "
+                f"{FLAGS.representative_images} calibration images; lower the two flags"
+            )
+        pick = np.random.default_rng(FLAGS.seed).permutation(len(loaded))
+        parity = loaded.images[pick[: FLAGS.parity_images]]
+        reps = loaded.images[pick[FLAGS.parity_images : need]]
+    size = FLAGS.student_size if FLAGS.student_size < model_size else None
 
-    imgs = tf.cast(x[offset : offset + n], tf.float32) / 255.0
-    if imgs.shape[1] != size:
-        imgs = degrade(imgs, size, FLAGS.degrade_kernel)
-    return np.asarray(imgs)
+    def at_input(x):
+        return prepare(np.asarray(x), model_size, size, FLAGS.degrade_kernel, FLAGS.upsample_kernel)
+
+    return at_input(parity), at_input(reps[: FLAGS.representative_images])
 
 
 def main(argv):
-    import keras
-
     import lrface_tf.layers  # noqa: F401
+    from lrface_tf.experiment import load_keras_file
     from lrface_tf.export import (
         QUANTIZATIONS,
         TFLiteModel,
+        atomic_path,
         convert_tflite,
         export_savedmodel,
+        latency_ms,
         parity_report,
         write_json,
     )
@@ -50,27 +83,31 @@ def main(argv):
     if not FLAGS.model or not os.path.exists(FLAGS.model):
         raise FileNotFoundError(f"--model {FLAGS.model} does not exist; pass a student .keras")
     bad = [q for q in FLAGS.quantizations if q not in QUANTIZATIONS]
-    if bad:
-        raise ValueError(f"unknown quantizations {bad}: use {', '.join(QUANTIZATIONS)}")
-    model = keras.saving.load_model(FLAGS.model, compile=False)
+    if bad or not FLAGS.quantizations:
+        raise ValueError(f"--quantizations {bad or '[]'}: use some of {', '.join(QUANTIZATIONS)}")
+    for name in ("parity_images", "representative_images"):
+        if FLAGS[name].value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    if FLAGS.latency_calls < 0:
+        raise ValueError(f"--latency_calls must be >= 0, got {FLAGS.latency_calls}")
+    model = load_keras_file(FLAGS.model)
     size = model.input_shape[1]
-    data = common.load_data()
-    if data["test"] is None:
-        raise ValueError("export parity needs --data with a test split")
-    x_train, x_test = data["train"][0], data["test"][0]
-    out = common.output_dir("export")
-    sm = export_savedmodel(model, os.path.join(out, "saved_model"))
-    test = _images(x_test, FLAGS.parity_images, size)
-    reps = _images(x_train, FLAGS.representative_images, size)
-    report = {"model": FLAGS.model, "input_size": size, "tflite": {}}
-    for q in FLAGS.quantizations:
-        path = convert_tflite(model, os.path.join(out, f"student_{q}.tflite"), q, reps, sm)
-        r = parity_report(model, TFLiteModel(path), test)
-        r["bytes"] = os.path.getsize(path)
-        report["tflite"][q] = r
-        print(f"{q}: {r}")
-    write_json(os.path.join(out, "parity.json"), report)
+    out = output.folder("export")
+    parity, reps = _images(size)  # before anything is written: bad data stops here
+    with atomic_path(out) as tmp:
+        sm = export_savedmodel(model, os.path.join(tmp, "saved_model"))
+        report = {"model": FLAGS.model, "input_size": size, "tflite": {}}
+        for q in FLAGS.quantizations:
+            path = convert_tflite(model, os.path.join(tmp, f"student_{q}.tflite"), q, reps, sm)
+            r = parity_report(model, TFLiteModel(path), parity)
+            r["bytes"] = os.path.getsize(path)
+            if FLAGS.latency_calls:
+                r["latency_ms"] = latency_ms(path, parity, FLAGS.latency_calls)
+            report["tflite"][q] = r
+            print(f"{q}: {r}")
+        write_json(os.path.join(tmp, "parity.json"), report)
+    print(f"exported {FLAGS.model} to {out}")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    runner.run(main, adopt=GROUPS)

@@ -16,9 +16,12 @@ import os
 
 from absl import flags
 
-from apps import common
-from apps.common import FLAGS
+from apps import runner
 
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("data_dir", None, "Identity folder to write (root/<person>/<image>).")
+flags.DEFINE_integer("verbose", 1, "0: no progress bar.")
 flags.DEFINE_string("dst", None, "Output folder for the shards and manifest.json.")
 flags.DEFINE_integer("num_shards", 16, "Number of shard files (>= the number of workers).")
 flags.DEFINE_bool("skip_bad", False, "Skip (and report) unreadable images instead of stopping.")
@@ -36,9 +39,11 @@ def main(argv):
     folder = identity_folder(FLAGS.data_dir, on_error="skip" if FLAGS.skip_bad else "raise")
     manifest = write_tfrecords(folder, FLAGS.dst, FLAGS.num_shards, progress=FLAGS.verbose > 0)
     write_json(os.path.join(FLAGS.dst, "write_report.json"), folder.report.to_dict())
-    print(f"wrote {manifest['num_examples']} images of {manifest['num_classes']} people "
-          f"in {FLAGS.num_shards} shards to {FLAGS.dst}")  # fmt: skip
+    print(
+        f"wrote {manifest['num_examples']} images of {manifest['num_classes']} people "
+        f"in {FLAGS.num_shards} shards to {FLAGS.dst}"
+    )
 
 
 if __name__ == "__main__":
-    common.run(main)
+    runner.run(main)

@@ -1,432 +1,282 @@
 """LR-LFW: the SFace teacher and students of every method on LFW pairsDevTest at 8-32 px.
 
-    python -m bench.lfw_devtest                          # every row
-    python -m bench.lfw_devtest --rows=sface,student_lr,kdim_l2 --epochs=12
+    python -m bench.lfw_devtest                                   # every row, seed 0
+    python -m bench.lfw_devtest --rows=kd,horkd --seeds=0,1,2 --update_headers
 
-Protocol (issue 7). Students train only on people who do NOT appear in
-pairsDevTest.txt (10,492 aligned images of 4,786 people), at 16x16: area
-downsample of the YuNet-aligned 112x112 crop (what `apps.align` writes). The
-teacher is SFace (`lrface_tf.teachers.sface`), frozen; its embeddings of the pool
-(plain and mirrored) are cached once. SFace has no logits over the pool
-identities, so the soft terms (KD, KD_im, CRRCD) use a closed-form class-mean
-cosine head on its embeddings (`lrface_tf.teachers.with_class_mean_head`).
-Evaluation: pairsDevTest (500 + 500 pairs), 10 stratified folds, threshold fit
-on 9 folds per condition, probe-only and both-sides degradation at
-8/12/16/20/24/32/full (area down, bilinear up to a model's input where needed).
-A 16x16 student sees every probe of 16 px or more at 16 px.
+Needs the aligned LFW and the SFace teacher:
+    python -m apps.align --src=../shared/data/lfw/lfw-deepfunneled --dst=saved_models/lfw_aligned
+    python -m apps.build_teacher --name=sface --output=saved_models/sface/teacher.keras
 
-Each row also has its parameter count (the deployed embedding network),
-the one-thread LiteRT latency of its TFLite export (fp32 and int8) and its
-training seconds. Rows accumulate in bench/results/lfw_devtest.json (a rerun
-skips (row, seed) pairs already there); bench/results/lfw_devtest.md has the
-table and a paired comparison against the teacher on the same folds.
+Every row is a flagfile of configs/lfw/ (students train only on people who are not in
+pairsDevTest; see configs/lfw/base.cfg) run by apps.distill; then, for every model:
+apps.evaluate on pairsDevTest (1,000 pairs, 10 balanced folds, thresholds fit on the
+other 9 folds per condition) at 8/12/16/20/24/32/full with three protocols:
+"probe" (HR gallery vs LR probe, one model), "both" (both images LR) and "cross"
+(the gallery embedded at HR by the teacher, the probe at LR by the student); and
+apps.export for the one-thread LiteRT latency of the fp32 and int8 models.
+The "teacher" row evaluates SFace itself (no training). Rows in
+bench/results/<name>.json: one per (row, seed, probe size, protocol), with fold
+accuracies, TAR at FAR 1e-3, params, latency and training seconds; the markdown
+table has mean +- std over seeds and a paired per-fold comparison with the teacher.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import sys
-import time
 
 import numpy as np
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
-SIZES = (8, 12, 16, 20, 24, 32, None)
-SIDES = ("probe", "both")
+from bench.runner import (
+    ROOT,
+    Row,
+    fmt,
+    mean_std,
+    read_json,
+    run_app,
+    run_rows,
+    update_header,
+    write_results,
+)
 
-# row -> (what it is, for the table)
-ROWS = {
-    "sface": "SFace teacher (frozen, never trained on LFW)",
-    "student_lr": "compact student on LR images alone (ArcFace on the pool identities)",
-    "kd": "+ KD from the teacher's class-mean head (T 4)",
-    "feature": "+ 1-order feature term on normalised embeddings (no KD)",
-    "kdim_l2": "KD_im: LR-augmented (8/12/16 px) + KD + normalised-feature L2 (Eq. 6)",
-    "kdim_mmd": "KD_im: LR-augmented (8/12/16 px) + KD + MK-MMD (Eq. 9)",
-    "horkd": "HORKD direct: RKD distance + angle + class-centre (L2 + L3 + LC)",
-    "horkd_two_stage": "HORKD two-stage: teacher -> assistant (32 px HR) -> student (16 px)",
-    "crrcd": "CRRCD: KD + relation contrastive (queue 512, supervised negatives)",
-    "sface_finetuned": "SFace fine-tuned on LR (16 px, upsampled) to its HR embeddings",
-}
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default=",".join(ROWS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lfw", default="../shared/data/lfw")
-    p.add_argument(
-        "--aligned",
-        default="saved_models/lfw_aligned",
-        help="aligned LFW (python -m apps.align --src=<lfw>/lfw-deepfunneled --dst=...)",
-    )
-    p.add_argument(
-        "--teacher",
-        default="saved_models/sface/teacher.keras",
-        help="SFace in Keras (python -m apps.build_teacher)",
-    )
-    p.add_argument("--work", default="saved_models/bench/lfw")
-    p.add_argument("--size", type=int, default=16, help="probe / LR size the student sees")
-    p.add_argument("--input_size", type=int, default=0,
-                   help="student input size, LR upsampled to it (0: --size)")  # fmt: skip
-    p.add_argument("--task_weight", type=float, default=1.0,
-                   help="ArcFace weight in distillation rows (student_lr: 1)")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--finetune_epochs", type=float, default=1.0)
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--learning_rate", type=float, default=2e-3)
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--kd_weight", type=float, default=0.5)
-    p.add_argument("--feature_weight", type=float, default=10.0)
-    p.add_argument("--mmd_weight", type=float, default=10.0)
-    p.add_argument("--head_scale", type=float, default=16.0)
-    p.add_argument("--name", default="lfw_devtest")
-    p.add_argument("--no_latency", action="store_true", help="skip the TFLite timing (pilots)")
-    p.add_argument("--merge", default=None,
-                   help="only fold in the rows of another results JSON (a parallel run "
-                   "under another --name), with deltas vs the teacher")  # fmt: skip
-    return p.parse_args(argv)
-
-
-def load_pool(aligned, devtest_pairs):
-    """uint8 (N, 112, 112, 3) images and labels 0..C-1 of the people not in `devtest_pairs`."""
-    from lrface_tf.data.datasets import identity_folder, lfw_pairs
-    from lrface_tf.eval.pairs import load_images
-
-    held_out = {n for p in lfw_pairs(devtest_pairs) for n in (p.name_a, p.name_b)}
-    folder = identity_folder(aligned, exclude_people=held_out)  # labels 0..C-1 of the rest
-    return load_images(folder.paths, 112), folder.labels.astype(np.int32), len(held_out)
+TEACHER = "saved_models/sface/teacher.keras"
+PAIRS = "../shared/data/lfw/pairsDevTest.txt"
+ALIGNED = "saved_models/lfw_aligned"
+SIZES = ("8", "12", "16", "20", "24", "32", "full")
+ROWS = [
+    "student_lr",
+    "feature",
+    "kd",
+    "kdim_l2",
+    "kdim_mmd",
+    "horkd",
+    "horkd_two_stage",
+    "crrcd",
+    "sface_lr16",
+]
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    rows_wanted = args.rows.split(",")
-    for r in rows_wanted:
-        if r not in ROWS:
-            sys.exit(f"error: unknown row {r!r}: use {', '.join(ROWS)}")
-    for path in (args.aligned, args.teacher):
-        if not os.path.exists(path):
-            sys.exit(f"error: {path} does not exist (see --help for the command that makes it)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default=",".join(["teacher", *ROWS]))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--configs", default="configs/lfw", help="folder of the row flagfiles")
+    p.add_argument("--name", default="lfw_devtest")
+    p.add_argument("--update_headers", action="store_true")
+    args = p.parse_args(argv)
+    for path in (ALIGNED, TEACHER):
+        if not os.path.exists(os.path.join(ROOT, path)):
+            p.error(f"{path} does not exist (see --help for the command that makes it)")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.rows.split(",")
+    runs = f"saved_models/runs/{args.name}"
+    log = os.path.join(runs, "log.txt")
+    out, commands = [], []
+    if "teacher" in names:
+        commands += _evaluate_model(
+            "teacher",
+            0,
+            TEACHER,
+            os.path.join(runs, "teacher"),
+            log,
+            out,
+            {"params": None, "train_seconds": 0.0},
+        )
+    rows = [Row(n, f"{args.configs}/{n}.cfg") for n in names if n != "teacher"]
+    for row, seed, folder, cmd in run_rows(rows, seeds, runs, log):
+        commands.append(cmd)
+        m = read_json(os.path.join(folder, "metrics.json"))
+        commands += _evaluate_model(
+            row.name, seed, os.path.join(folder, "student.keras"), folder, log, out, m, row.flagfile
+        )
+    _deltas(out)
+    table = markdown(out)
+    write_results(args.name, out, commands, table, protocol=__doc__.split("\n\n")[3])
+    _plot(out, os.path.join(ROOT, "bench", "results", f"{args.name}_latency.png"))
+    if args.update_headers:
+        for row in rows:
+            sel = _cells(out, row.name)
+            if sel:
+                update_header(row.flagfile, _header(sel, args.name))
+
+
+def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None):
+    """apps.evaluate (3 protocols) and apps.export (latency) of one model; appends rows."""
+    commands = []
+    ev = os.path.join(folder, "eval_devtest")
+    sides = "probe,both" if name == "teacher" else "probe,both,cross"
+    if not os.path.exists(os.path.join(ROOT, ev, "results.json")):
+        commands.append(
+            run_app(
+                "evaluate",
+                [
+                    f"--models={model}",
+                    f"--pairs={PAIRS}",
+                    f"--image_root={ALIGNED}",
+                    "--probe_sizes=" + ",".join(SIZES),
+                    f"--sides={sides}",
+                    f"--gallery_model={TEACHER}",
+                    f"--output_dir={ev}",
+                ],
+                log,
+            )
+        )
+    ex = os.path.join(folder, "export")
+    if not os.path.exists(os.path.join(ROOT, ex, "parity.json")):
+        commands.append(
+            run_app(
+                "export",
+                [
+                    f"--model={model}",
+                    "--quantizations=float32,int8",
+                    "--data=identity_folder",
+                    f"--data_dir={ALIGNED}",
+                    "--teacher_size=112",
+                    "--student_size=16",
+                    "--parity_images=200",
+                    "--representative_images=200",
+                    f"--latency_calls={300 if 'sface' not in name and name != 'teacher' else 30}",
+                    f"--output_dir={ex}",
+                ],
+                log,
+            )
+        )
+    parity = read_json(os.path.join(ex, "parity.json"))["tflite"]
+    results = read_json(os.path.join(ev, "results.json"))["rows"]
+    params = metrics.get("params") or _params(model)
+    for r in results:
+        out.append(
+            {
+                "row": name,
+                "seed": seed,
+                "flagfile": flagfile,
+                "run": folder,
+                "probe_size": r["probe_size"],
+                "side": r["side"],
+                "accuracy": r["accuracy"],
+                "accuracy_std": r["accuracy_std"],
+                "fold_accuracies": r["fold_accuracies"],
+                "tar_at_far_1e-3": r["tar_at_far_1e-3"],
+                "auc": r["auc"],
+                "params": params,
+                "latency_ms_fp32": parity["float32"]["latency_ms"],
+                "latency_ms_int8": parity["int8"]["latency_ms"],
+                "train_seconds": metrics.get("train_seconds", 0.0)
+                + metrics.get("stage1", {}).get("train_seconds", 0.0),
+                "input_size": r["input_size"],
+            }
+        )
+    return commands
+
+
+def _params(model):
     import keras
 
-    import lrface_tf.layers  # noqa: F401  (custom objects)
-    from lrface_tf.data.teacher_cache import load_or_build
-    from lrface_tf.eval.pairs import load_pair_images
-    from lrface_tf.export import write_json, write_text
-    from lrface_tf.teachers import add_head_logits, with_class_mean_head
+    import lrface_tf.layers  # noqa: F401
 
-    os.makedirs(args.work, exist_ok=True)
-    json_path = os.path.join(RESULTS, f"{args.name}.json")
-    record = _load_record(json_path)
-    if args.merge:
-        _merge(record, _load_record(args.merge))
-        write_json(json_path, record)
-        write_text(os.path.join(RESULTS, f"{args.name}.md"), _markdown(record))
-        print(_markdown(record))
-        return
-    done = {(r["model"], r["seed"]) for r in record["rows"]}
-    todo = [r for r in rows_wanted if (r, args.seed) not in done]
-    if not todo:
-        print("every requested row is already in", json_path)
-    devtest = os.path.join(args.lfw, "pairsDevTest.txt")
-    pairs = load_pair_images(devtest, args.aligned, size=112)
-    teacher = keras.saving.load_model(args.teacher, compile=False)
-    teacher.trainable = False
-    t0 = time.perf_counter()
-    images, labels, n_held = load_pool(args.aligned, devtest)
-    num_classes = int(labels.max()) + 1
-    print(f"pool: {len(images)} images of {num_classes} people "
-          f"({n_held} DevTest people held out), {time.perf_counter() - t0:.0f} s")  # fmt: skip
-    cache, status = load_or_build(os.path.join(args.work, "pool_sface_cache.npz"), teacher,
-                                  images, ("none", "flip"), batch_size=64, hr_size=112)  # fmt: skip
-    print("teacher cache:", status)
-    cm_teacher = with_class_mean_head(teacher, cache.embedding[0], labels, num_classes,
-                                      args.head_scale)  # fmt: skip
-    cm_cache = add_head_logits(cache, cm_teacher, images, hr_size=112)
-    train = Trainer(args, images, labels, num_classes, cm_teacher, cache, cm_cache)
-    teacher_folds = {(r["probe_size"], r["side"]): r["fold_accuracies"]
-                     for r in record["rows"] if r["model"] == "sface"}  # fmt: skip
-    for row in todo:
-        print(f"--- {row}: {ROWS[row]}")
-        if row == "sface":
-            model, seconds, params = teacher, 0.0, teacher.count_params()
-        else:
-            model, seconds = train(row)
-            params = model.count_params()
-        latency = {"float32": float("nan"), "int8": float("nan")}
-        if not args.no_latency:
-            latency = _latency(model, images, os.path.join(args.work, row), args.size)
-        results = _sweep(model, pairs)
-        for res in results:
-            key = (res["probe_size"], res["side"])
-            if row == "sface":
-                teacher_folds[key] = res["fold_accuracies"]
-            record["rows"].append(_row(row, args, res, params, latency, seconds,
-                                       teacher_folds.get(key)))  # fmt: skip
-        command = " ".join(["python -m bench.lfw_devtest", *sys.argv[1:]])
-        if command not in record["commands"]:
-            record["commands"].append(command)
-        record["date"] = datetime.date.today().isoformat()
-        write_json(json_path, record)
-        write_text(os.path.join(RESULTS, f"{args.name}.md"), _markdown(record))
-        print(_markdown(record, only=row))
+    return int(keras.saving.load_model(os.path.join(ROOT, model), compile=False).count_params())
 
 
-class Trainer:
-    """Trains one row's student on the pool with the library's Distiller and `fit()`."""
-
-    def __init__(self, args, images, labels, num_classes, teacher, cache, cm_cache):
-        self.args, self.images, self.labels = args, images, labels
-        self.num_classes, self.teacher = num_classes, teacher
-        self.cache, self.cm_cache = cache, cm_cache
-
-    def __call__(self, row):
-        import keras
-
-        from lrface_tf.data.degrade import DegradationSpec
-        from lrface_tf.export import save_keras
-        from lrface_tf.models import build_recognizer, embedding_model, task_loss_for
-        from lrface_tf.models.recognizer import copy_weights_by_name
-
-        a = self.args
-        out = os.path.join(a.work, row)
-        keras.utils.set_random_seed(a.seed)
-        terms, cache, task = self._terms(row), self.cm_cache, task_loss_for("arcface", 32.0, 0.5)
-        inp = a.input_size or a.size
-        up = inp if inp != a.size else None
-        spec = DegradationSpec(kernel="area", sizes=(a.size,), output_size=up)
-        epochs, lr = a.epochs, a.learning_rate
-        if row in ("kdim_l2", "kdim_mmd"):
-            spec = DegradationSpec(kernel="area", sizes=(8, 12, a.size), output_size=inp)
-        if row == "feature":
-            cache = self.cache  # no logits needed
-        teacher = self.teacher
-        if row == "horkd_two_stage":
-            teacher, cache, seconds1 = self._assistant(inp, spec)
-        if row == "sface_finetuned":
-            student, task, cache = self._finetuned(), None, self.cache
-            spec = DegradationSpec(kernel="area", sizes=(a.size,), output_size=112)
-            epochs, lr = a.finetune_epochs, 1e-4
-        else:
-            student = build_recognizer(a.backbone, inp, self.num_classes, head="arcface",
-                                       width_multiplier=a.width, embedding_dim=128,
-                                       name="student")  # fmt: skip
-        if row == "horkd_two_stage":  # stage 2 starts from the assistant (Sec. 3.3)
-            copy_weights_by_name(teacher.get_layer("assistant"), student)
-        seconds = self._fit(student, teacher if terms else None, terms, spec, cache, task,
-                            epochs, lr, out)  # fmt: skip
-        if row == "horkd_two_stage":
-            seconds += seconds1
-        save_keras(student, os.path.join(out, "student.keras"))
-        return embedding_model(student) if "logits" in student.output else student, seconds
-
-    def _fit(self, student, teacher, terms, spec, cache, task, epochs, lr, out):
-        from lrface_tf.data.pipeline import paired_dataset
-        from lrface_tf.models import Distiller
-        from lrface_tf.training import compile_and_fit
-
-        a = self.args
-        steps = len(self.labels) // a.batch_size
-        total = max(1, int(round(epochs * steps)))
-
-        def data(start_step):
-            return paired_dataset(self.images, self.labels, spec=spec, batch_size=a.batch_size,
-                                  augment="flip", seed=a.seed, hr_size=112,
-                                  teacher_cache=cache if terms else None,
-                                  start_step=start_step)  # fmt: skip
-
-        distiller = Distiller(student, teacher, terms, task_loss=task,
-                              task_weight=a.task_weight if terms else 1.0)  # fmt: skip
-        _, seconds = compile_and_fit(distiller, data, epochs=max(1, total // steps),
-                                     steps_per_epoch=min(steps, total), learning_rate=lr,
-                                     output_dir=out, verbose=2)  # fmt: skip
-        return seconds
-
-    def _assistant(self, inp, spec):
-        """HORKD stage 1 (cross-structure): teacher -> a compact assistant on 32 px HR views.
-
-        Returns the frozen assistant behind an area resize 112 -> 32 (so stage 2 can
-        feed it the HR view), no cache (it runs every step), and stage-1 seconds.
-        """
-        import keras
-
-        from lrface_tf.data.degrade import DegradationSpec
-        from lrface_tf.models import build_recognizer, task_loss_for
-
-        a = self.args
-        assistant = build_recognizer(a.backbone, 32, self.num_classes, head="arcface",
-                                     width_multiplier=a.width, embedding_dim=128,
-                                     name="assistant")  # fmt: skip
-        seconds = self._fit(assistant, self.teacher, self._terms("horkd"),
-                            DegradationSpec(kernel="area", sizes=(32,)), self.cm_cache,
-                            task_loss_for("arcface", 32.0, 0.5), a.epochs, a.learning_rate,
-                            os.path.join(a.work, "horkd_two_stage", "stage1"))  # fmt: skip
-        assistant.trainable = False
-        image = keras.Input((112, 112, 3))
-        small = keras.layers.Resizing(32, 32, interpolation="area")(image)
-        frozen = keras.Model(image, assistant(small), name="assistant_112")
-        frozen.trainable = False
-        return frozen, None, seconds
-
-    def _terms(self, row):
-        from lrface_tf.losses import (
-            ClassCenterLoss,
-            CRRCDLoss,
-            FeatureLoss,
-            KDLoss,
-            MKMMDLoss,
-            RKDAngleLoss,
-            RKDDistanceLoss,
-        )
-        from lrface_tf.models.distiller import DistillTerm
-
-        a = self.args
-        row = "horkd" if row == "horkd_two_stage" else row  # both stages use HORKD's terms
-        kd = {"kd": DistillTerm(KDLoss(4.0), a.kd_weight, "logits")}
-        l2 = DistillTerm(FeatureLoss("l2", normalize=True), a.feature_weight)
-        return {
-            "student_lr": {},
-            "kd": kd,
-            "feature": {"feature_l2": l2},
-            "kdim_l2": {**kd, "feature_l2": l2},
-            "kdim_mmd": {**kd, "mk_mmd": DistillTerm(MKMMDLoss(), a.mmd_weight)},
-            "horkd": {
-                "rkd_distance": DistillTerm(RKDDistanceLoss(), 25.0),
-                "rkd_angle": DistillTerm(RKDAngleLoss(chunk_size=32), 50.0),
-                "class_center": DistillTerm(ClassCenterLoss(), 1.0),
-            },
-            "crrcd": {
-                **kd,
-                "crrcd": DistillTerm(CRRCDLoss(128, 512, 0.1, len(self.labels), "supervised"), 2.0),
-            },  # fmt: skip
-            "sface_finetuned": {"feature_l2": l2},
-        }[row]
-
-    def _finetuned(self):
-        """SFace's own weights, BN frozen, as a student that sees upsampled LR faces."""
-        import keras
-
-        student = keras.models.clone_model(self.teacher.layers[1])
-        student.set_weights(self.teacher.layers[1].get_weights())
-        # The clone copies each layer's frozen flag: unfreeze layer by layer (a model's
-        # `trainable = True` does not reach layers that are frozen themselves).
-        student.trainable = True
-        for layer in student.layers:
-            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-        if not student.trainable_weights:
-            raise RuntimeError("the fine-tuned student has no trainable weights")
-        return student
-
-
-def _latency(model, images, folder, size, calls=300):
-    """One-thread LiteRT latency (ms per image, median) of fp32 and int8 exports."""
-    from lrface_tf.data.degrade import degrade
-    from lrface_tf.export import convert_tflite, latency_ms
-
-    side = model.input_shape[1]
-    x = np.asarray(images[:200], np.float32) / 255.0
-    x = np.asarray(degrade(x, size, "area", side if side != size else None, "bilinear"))
-    os.makedirs(folder, exist_ok=True)
-    out = {}
-    for q in ("float32", "int8"):
-        path = convert_tflite(model, os.path.join(folder, f"model_{q}.tflite"), q,
-                              representative_images=x)  # fmt: skip
-        out[q] = latency_ms(path, x, calls if side <= 32 else 30)
-    return out
-
-
-def _sweep(model, pairs):
-    from lrface_tf.eval.pairs import evaluate_pairs
-
-    cache, results = {}, []
-    for size in SIZES:
-        for side in SIDES:
-            if size is None and side == "both":
-                continue  # full resolution is the same on both sides
-            results.append(evaluate_pairs(model, pairs, size, side, cache=cache))
-    return results
-
-
-def _row(name, args, res, params, latency, seconds, teacher_folds):
-    row = {
-        "model": name,
-        "seed": args.seed,
-        "probe_size": res["probe_size"] or 112,
-        "side": res["side"],
-        "accuracy": res["accuracy"],
-        "accuracy_std": res["accuracy_std"],
-        "tar_at_far_1e-3": res["tar_at_far_1e-3"],
-        "auc": res["auc"],
-        "fold_accuracies": [float(v) for v in res["fold_accuracies"]],
-        "params": int(params),
-        "latency_ms": latency["float32"],
-        "latency_int8_ms": latency["int8"],
-        "train_seconds": seconds,
-        "input_size": res["input_size"],
+def _deltas(rows):
+    """Paired per-fold accuracy difference against the teacher under the same condition."""
+    teacher = {
+        (r["probe_size"], r["side"]): r["fold_accuracies"] for r in rows if r["row"] == "teacher"
     }
-    if teacher_folds is not None:
-        d = np.asarray(row["fold_accuracies"]) - np.asarray(teacher_folds)
-        row["delta_vs_teacher"] = float(d.mean())
-        row["delta_vs_teacher_std"] = float(d.std())
-    return row
-
-
-def _merge(record, other):
-    """Append `other`'s rows not already in `record`, with deltas vs `record`'s teacher."""
-    teacher = {(r["probe_size"], r["side"]): r["fold_accuracies"]
-               for r in record["rows"] if r["model"] == "sface"}  # fmt: skip
-    have = {(r["model"], r["seed"], r["probe_size"], r["side"]) for r in record["rows"]}
-    for r in other["rows"]:
-        if (r["model"], r["seed"], r["probe_size"], r["side"]) in have:
-            continue
-        folds = teacher.get((r["probe_size"], r["side"]))
-        if folds is not None:
-            d = np.asarray(r["fold_accuracies"]) - np.asarray(folds)
-            r = {**r, "delta_vs_teacher": float(d.mean()), "delta_vs_teacher_std": float(d.std())}
-        record["rows"].append(r)
-    record["commands"] += [c for c in other.get("commands", []) if c not in record["commands"]]
-
-
-def _load_record(path):
-    import json
-
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return {"name": "lfw_devtest", "protocol": __doc__.split("\n\n")[2], "rows": [],
-            "commands": []}  # fmt: skip
-
-
-def _markdown(record, only=None):
-    rows = [r for r in record["rows"] if only is None or r["model"] == only]
-    head = [] if only else ["Commands: " + "; ".join(f"`{c}`" for c in record["commands"]), ""]
-    lines = head + [
-        "| model | side | 8 | 12 | 16 | 20 | 24 | 32 | full | 16: vs teacher | params | "
-        "ms fp32 / int8 | train s |",
-        "|---|---|" + "---|" * 11,
-    ]
-    seen = []
     for r in rows:
-        if (r["model"], r["seed"], r["side"]) not in seen:
-            seen.append((r["model"], r["seed"], r["side"]))
-    for model, seed, side in seen:
-        mine = {r["probe_size"]: r for r in rows
-                if (r["model"], r["seed"]) == (model, seed) and r["side"] == side}  # fmt: skip
-        full = [r for r in rows if (r["model"], r["seed"], r["probe_size"]) == (model, seed, 112)]
-        cells = [f"{100 * mine[s]['accuracy']:.2f}" if s in mine else "" for s in SIZES[:-1]]
-        cells.append(f"{100 * full[0]['accuracy']:.2f}" if full else "")
-        r16 = mine.get(16, {})
-        delta = (f"{100 * r16['delta_vs_teacher']:+.2f} +- {100 * r16['delta_vs_teacher_std']:.2f}"
-                 if "delta_vs_teacher" in r16 else "")  # fmt: skip
-        any_r = next(iter(mine.values()))
+        ref = teacher.get((r["probe_size"], "probe" if r["side"] == "cross" else r["side"]))
+        if ref is not None and r["row"] != "teacher":
+            d = np.asarray(r["fold_accuracies"]) - np.asarray(ref)
+            r["delta_vs_teacher"], r["delta_vs_teacher_std"] = float(d.mean()), float(d.std())
+
+
+def _cells(rows, name):
+    """{(size, side): [row of each seed]} of one table row."""
+    cells = {}
+    for r in rows:
+        if r["row"] == name:
+            size = (
+                "full" if r["probe_size"] == 112 and r["side"] == "probe" else str(r["probe_size"])
+            )
+            cells.setdefault((size, r["side"]), []).append(r)
+    return cells
+
+
+def _acc(cells, size, side):
+    sel = cells.get((size, side))
+    return fmt([r["accuracy"] for r in sel]) if sel else ""
+
+
+def _header(cells, name):
+    seeds = ",".join(str(r["seed"]) for r in cells[("16", "probe")])
+    return (
+        f"LFW pairsDevTest @16 probe-only {_acc(cells, '16', 'probe')}, cross-model "
+        f"{_acc(cells, '16', 'cross')}, both {_acc(cells, '16', 'both')}; @8 both "
+        f"{_acc(cells, '8', 'both')}; full {_acc(cells, 'full', 'probe')} (seeds {seeds}; "
+        f"python -m bench.lfw_devtest --name={name})"
+    )
+
+
+def markdown(rows):
+    lines = [
+        "LFW pairsDevTest, verification accuracy (%) mean +- std over seeds (each seed: the "
+        "mean of 10 folds); probe = HR gallery vs LR probe, cross = teacher's HR gallery vs "
+        "the student's LR probe, both = both LR.",
+        "",
+        "| row | flagfile | seeds | probe 8 / 12 / 16 / 20 | cross 16 | both 8 / 12 / 16 / 20 "
+        "| full | both 16 vs teacher (paired folds) | TAR@FAR=1e-3 both 16 | params | TFLite ms "
+        "fp32 / int8 | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["row"] for r in rows):
+        c = _cells(rows, name)
+        any_r = next(iter(c.values()))[0]
+        b16 = c.get(("16", "both"), [])
+        delta = ""
+        if b16 and "delta_vs_teacher" in b16[0]:
+            d = mean_std([100 * r["delta_vs_teacher"] for r in b16])
+            delta = f"{d[0]:+.2f} (fold std {100 * b16[0]['delta_vs_teacher_std']:.2f})"
+        tar = fmt([r["tar_at_far_1e-3"] for r in b16], digits=1) if b16 else ""
+        probe = " / ".join(_acc(c, s, "probe").split(" +-")[0] for s in ("8", "12", "16", "20"))
+        both = " / ".join(_acc(c, s, "both").split(" +-")[0] for s in ("8", "12", "16", "20"))
+        seeds = len(c.get(("16", "probe"), []))
+        secs = mean_std([r["train_seconds"] for r in c[("16", "probe")]])[0]
+        flagfile = f"`{any_r['flagfile']}`" if any_r["flagfile"] else "(SFace, evaluated only)"
         lines.append(
-            f"| {model} (seed {seed}) | {side} | " + " | ".join(cells) + f" | {delta} | "
-            f"{any_r['params']:,} | {any_r['latency_ms']:.2f} / {any_r['latency_int8_ms']:.2f} | "
-            f"{any_r['train_seconds']:.0f} |"
+            f"| {name} | {flagfile} | {seeds} | {probe} | {_acc(c, '16', 'cross')} | {both} | "
+            f"{_acc(c, 'full', 'probe')} | {delta} | {tar} | {any_r['params']:,} | "
+            f"{any_r['latency_ms_fp32']:.2f} / {any_r['latency_ms_int8']:.2f} | {secs:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _plot(rows, path):
+    """Accuracy at 16 px (probe-only) against fp32 TFLite latency, one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name in dict.fromkeys(r["row"] for r in rows):
+        sel = _cells(rows, name).get(("16", "probe"), [])
+        if not sel:
+            continue
+        acc = mean_std([100 * r["accuracy"] for r in sel])[0]
+        ax.scatter(sel[0]["latency_ms_fp32"], acc)
+        ax.annotate(
+            name,
+            (sel[0]["latency_ms_fp32"], acc),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("TFLite fp32 ms per image (one LiteRT thread)")
+    ax.set_ylabel("LFW pairsDevTest @16 px, probe-only (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

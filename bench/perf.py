@@ -31,8 +31,11 @@ FACE_CLASSES = 4786  # the LFW pool of bench.lfw_devtest
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(PARTS))
-    p.add_argument("--teacher", default="saved_models/sface/teacher.keras",
-                   help="SFace in Keras (python -m apps.build_teacher)")  # fmt: skip
+    p.add_argument(
+        "--teacher",
+        default="saved_models/sface/teacher.keras",
+        help="SFace in Keras (python -m apps.build_teacher)",
+    )
     p.add_argument("--calls", type=int, default=300, help="timed single-image calls (student)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
     return p.parse_args(argv)
@@ -69,8 +72,15 @@ def _fig(value, unit, how, **extra):
 def _student(size=16, classes=FACE_CLASSES):
     from lrface_tf.models import build_recognizer
 
-    return build_recognizer("resnet18", size, classes, head="arcface", width_multiplier=0.25,
-                            embedding_dim=128, name="student")  # fmt: skip
+    return build_recognizer(
+        "resnet18",
+        size,
+        classes,
+        head="arcface",
+        width_multiplier=0.25,
+        embedding_dim=128,
+        name="student",
+    )
 
 
 def _teacher(args):
@@ -89,8 +99,13 @@ def _latency(args):
     from lrface_tf.models import embedding_model
 
     rng = np.random.default_rng(0)
-    out, how = {}, ("median of {n} single-image calls after 10 warm-up calls, LiteRT "
-                    "Interpreter num_threads=1, {model}")  # fmt: skip
+    out, how = (
+        {},
+        (
+            "median of {n} single-image calls after 10 warm-up calls, LiteRT "
+            "Interpreter num_threads=1, {model}"
+        ),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name, model, n in (
             ("student16", embedding_model(_student()), args.calls),
@@ -99,13 +114,16 @@ def _latency(args):
             side = model.input_shape[1]
             x = rng.random((64, side, side, 3), dtype=np.float32)
             for q in ("float32", "int8"):
-                p = convert_tflite(model, os.path.join(tmp, f"{name}_{q}.tflite"), q,
-                                   representative_images=x)  # fmt: skip
+                p = convert_tflite(
+                    model, os.path.join(tmp, f"{name}_{q}.tflite"), q, representative_images=x
+                )
                 desc = f"{name} ({model.count_params():,} params, {side}x{side}, {q})"
                 out[f"latency_ms_{name}_{q}"] = _fig(
-                    round(latency_ms(p, x, n), 4), "ms", how.format(n=n, model=desc),
+                    round(latency_ms(p, x, n), 4),
+                    "ms",
+                    how.format(n=n, model=desc),
                     file_bytes=os.path.getsize(p),
-                )  # fmt: skip
+                )
     for q in ("float32", "int8"):
         t, s = (out[f"latency_ms_{m}_{q}"]["value"] for m in ("teacher112", "student16"))
         ratio = t / s
@@ -154,28 +172,48 @@ def _step_cost(args):
     medians = {}
     for variant in ("student_only", "distill_uncached", "distill_cached"):
         keras.utils.set_random_seed(0)
-        terms = {} if variant == "student_only" else {
-            "feature_l2": DistillTerm(FeatureLoss("l2", normalize=True), 10.0)}  # fmt: skip
+        terms = (
+            {}
+            if variant == "student_only"
+            else {"feature_l2": DistillTerm(FeatureLoss("l2", normalize=True), 10.0)}
+        )
         use_cache = cache if variant == "distill_cached" else None
-        ds = paired_dataset(x, y, spec=spec, batch_size=bs, augment="flip", hr_size=112,
-                            teacher_cache=use_cache, repeat=True,
-                            keep_hr=variant == "distill_uncached")  # fmt: skip
-        d = Distiller(_student(), teacher if terms else None, terms,
-                      task_loss=task_loss_for("arcface"), task_weight=1.0)  # fmt: skip
+        ds = paired_dataset(
+            x,
+            y,
+            spec=spec,
+            batch_size=bs,
+            augment="flip",
+            hr_size=112,
+            teacher_cache=use_cache,
+            repeat=True,
+            keep_hr=variant == "distill_uncached",
+        )
+        d = Distiller(
+            _student(),
+            teacher if terms else None,
+            terms,
+            task_loss=task_loss_for("arcface"),
+            task_weight=1.0,
+        )
         timer = _StepTimer()
-        compile_and_fit(d, ds, epochs=1, steps_per_epoch=args.steps + 3, verbose=0,
-                        callbacks=[timer.callback])  # fmt: skip
+        compile_and_fit(
+            d, ds, epochs=1, steps_per_epoch=args.steps + 3, verbose=0, callbacks=[timer.callback]
+        )
         medians[variant] = timer.median()
-    how = (f"median wall time of {args.steps} fit() steps after 3 warm-up steps, batch {bs}, "
-           "ResNet-18 x0.25 student at 16x16 (ArcFace, 4,786 classes), SFace teacher at 112, "
-           "normalised-feature term; same process; the HR view is built only where the "
-           "teacher runs (keep_hr)")  # fmt: skip
+    how = (
+        f"median wall time of {args.steps} fit() steps after 3 warm-up steps, batch {bs}, "
+        "ResNet-18 x0.25 student at 16x16 (ArcFace, 4,786 classes), SFace teacher at 112, "
+        "normalised-feature term; same process; the HR view is built only where the "
+        "teacher runs (keep_hr)"
+    )
     out = {f"step_seconds_{k}": _fig(round(v, 4), "s", how) for k, v in medians.items()}
     for k in ("distill_cached", "distill_uncached"):
         out[f"ratio_{k}_over_student_only"] = _fig(
-            round(medians[k] / medians["student_only"], 3), "x",
+            round(medians[k] / medians["student_only"], 3),
+            "x",
             f"step_seconds_{k} / step_seconds_student_only",
-        )  # fmt: skip
+        )
     return out
 
 
@@ -192,20 +230,28 @@ def _epoch_vs_size(args):
     for n in sizes:
         keras.utils.set_random_seed(0)
         student = build_recognizer("resnet8", 7, 10, channels=1, embedding_dim=64)
-        ds = paired_dataset(x[:n, ..., None], y[:n], spec=DegradationSpec(sizes=(7,)),
-                            batch_size=128, augment="flip", repeat=True)  # fmt: skip
+        ds = paired_dataset(
+            x[:n, ..., None],
+            y[:n],
+            spec=DegradationSpec(sizes=(7,)),
+            batch_size=128,
+            augment="flip",
+            repeat=True,
+        )
         d = Distiller(student, None, {}, task_loss=task_loss_for("softmax"))
         hist, _ = compile_and_fit(d, ds, epochs=2, steps_per_epoch=n // 128, verbose=0)
         seconds.append(hist["epoch_seconds"][1])  # the second epoch: no tracing
     slope, icept = np.polyfit(sizes, seconds, 1)
     pred = slope * np.asarray(sizes) + icept
     r2 = 1 - np.sum((np.asarray(seconds) - pred) ** 2) / np.sum((seconds - np.mean(seconds)) ** 2)
-    how = ("second-epoch seconds of a student-only fit() (ResNet-8 at 7x7, batch 128) at "
-           f"{', '.join(map(str, sizes))} examples; least-squares line")  # fmt: skip
+    how = (
+        "second-epoch seconds of a student-only fit() (ResNet-8 at 7x7, batch 128) at "
+        f"{', '.join(map(str, sizes))} examples; least-squares line"
+    )
     return {
         "epoch_seconds_vs_examples": _fig(
             [round(s, 2) for s in seconds], "s", how, examples=list(sizes)
-        ),  # fmt: skip
+        ),
         "epoch_time_per_1000_examples": _fig(round(1000 * slope, 3), "s", how),
         "epoch_time_linear_fit_r2": _fig(round(float(r2), 4), "", how),
     }
@@ -251,16 +297,22 @@ def _mirrored(args):
     curves = {}
     for devices, bn in ((1, "plain"), (2, "plain"), (2, "sync")):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        proc = subprocess.run([sys.executable, "-c", MIRRORED_CHILD, str(devices), bn],
-                              capture_output=True, text=True, env=env)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", MIRRORED_CHILD, str(devices), bn],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
         if proc.returncode != 0 or not line:
             sys.exit(f"error: mirrored child failed:\n{proc.stderr[-2000:]}")
         curves[devices, bn] = np.asarray(json.loads(line[0].split(" ", 1)[1]))
     one = curves[1, "plain"]
-    how = ("per-epoch mean loss of 4 epochs x 32 steps, Fashion-MNIST 28 -> 7, ResNet-8 "
-           "teacher (untrained, frozen) and student with BatchNorm, task + RKD distance "
-           "(gathered), batch 128; one process per run")  # fmt: skip
+    how = (
+        "per-epoch mean loss of 4 epochs x 32 steps, Fashion-MNIST 28 -> 7, ResNet-8 "
+        "teacher (untrained, frozen) and student with BatchNorm, task + RKD distance "
+        "(gathered), batch 128; one process per run"
+    )
     out = {"mirrored_loss_curve_1_device": _fig([round(float(v), 5) for v in one], "", how)}
     for bn, what in (
         ("plain", "Keras' per-replica BatchNorm statistics (64 examples each)"),
@@ -271,9 +323,10 @@ def _mirrored(args):
             [round(float(v), 5) for v in two], "", f"{how}; {what}"
         )
         out[f"mirrored_max_relative_loss_difference_{bn}_bn"] = _fig(
-            round(float(np.max(np.abs(one - two) / np.abs(one))), 5), "",
+            round(float(np.max(np.abs(one - two) / np.abs(one))), 5),
+            "",
             f"max over epochs of |2 replicas - 1 device| / 1 device; {what}",
-        )  # fmt: skip
+        )
     return out
 
 
@@ -292,9 +345,13 @@ def _rkd_memory(args):
 
 
 def _markdown(record):
-    lines = ["Commands: " + "; ".join(f"`{c}`" for c in record.get("commands", [])),
-             f"({record.get('date')}, 2-core CPU, no GPU)", "",
-             "| figure | value | how it was measured |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "Commands: " + "; ".join(f"`{c}`" for c in record.get("commands", [])),
+        f"({record.get('date')}, 2-core CPU, no GPU)",
+        "",
+        "| figure | value | how it was measured |",
+        "|---|---|---|",
+    ]
     for name, f in record["figures"].items():
         v = f["value"]
         v = ", ".join(map(str, v)) if isinstance(v, list) else v

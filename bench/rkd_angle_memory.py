@@ -52,8 +52,13 @@ def main():
     for b in (64, 128, 256, 512):
         for chunk in (0, 32):
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
-            out = subprocess.run([sys.executable, "-c", CHILD, str(b), str(chunk)], env=env,
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(b), str(chunk)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["mode"] = "naive" if not chunk else f"chunked ({chunk} anchors)"
             rows.append(row)
@@ -61,14 +66,26 @@ def main():
     from lrface_tf.export import write_json, write_text
 
     command = "python -m bench.rkd_angle_memory"
-    write_json(os.path.join(RESULTS, "rkd_angle_memory.json"),
-               {"rows": rows, "command": command, "date": datetime.date.today().isoformat(),
-                "embedding_dim": 128})  # fmt: skip
-    lines = [f"Command: `{command}` (embedding size 128, value + gradient, CPU)", "",
-             "| batch | mode | peak memory added (MB) | seconds | loss value |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r['batch']} | {r['mode']} | {r['peak_added_mb']:.0f} | {r['seconds']:.3f} | "
-              f"{r['value']:.6f} |" for r in rows]  # fmt: skip
+    write_json(
+        os.path.join(RESULTS, "rkd_angle_memory.json"),
+        {
+            "rows": rows,
+            "command": command,
+            "date": datetime.date.today().isoformat(),
+            "embedding_dim": 128,
+        },
+    )
+    lines = [
+        f"Command: `{command}` (embedding size 128, value + gradient, CPU)",
+        "",
+        "| batch | mode | peak memory added (MB) | seconds | loss value |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['batch']} | {r['mode']} | {r['peak_added_mb']:.0f} | {r['seconds']:.3f} | "
+        f"{r['value']:.6f} |"
+        for r in rows
+    ]
     write_text(os.path.join(RESULTS, "rkd_angle_memory.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -5,19 +5,19 @@ The public names most code needs; everything else lives in its subpackage
 """
 
 from lrface_tf.data import DegradationSpec, degrade, paired_dataset
-from lrface_tf.methods import METHODS, MethodConfig, method_terms
+from lrface_tf.methods import METHODS, method_terms, resolve
 from lrface_tf.models import Distiller, DistillTerm, build_recognizer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "METHODS",
     "DegradationSpec",
     "DistillTerm",
     "Distiller",
-    "MethodConfig",
     "build_recognizer",
     "degrade",
     "method_terms",
     "paired_dataset",
+    "resolve",
 ]

@@ -39,7 +39,7 @@ def is_chief(strategy):
 
     The chief is the "chief" task, or worker 0 when the cluster has no chief.
     Only the chief writes a run's outputs; other workers write theirs to
-    `<output_dir>/worker_<i>` (see `apps.common.output_dir`).
+    `<output_dir>/worker_<i>` (see `apps.flag_groups.output.folder`).
     """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
@@ -64,8 +64,9 @@ def check_batch_divides(batch_size, strategy):
         )
 
 
-def learning_rate_schedule(base, schedule="cosine", total_steps=1, steps_per_epoch=1,
-                           boundaries_epochs=(), decay=0.1):  # fmt: skip
+def learning_rate_schedule(
+    base, schedule="cosine", total_steps=1, steps_per_epoch=1, boundaries_epochs=(), decay=0.1
+):
     """A learning rate (float or `keras.optimizers.schedules`) by name.
 
     "steps" multiplies by `decay` at each epoch in `boundaries_epochs` (CRRCD's
@@ -175,45 +176,40 @@ def restored_step(model, output_dir):
     return int(model.optimizer.iterations.numpy())
 
 
-def compile_and_fit(
-    model,
-    dataset,
-    *,
-    epochs,
-    steps_per_epoch,
-    optimizer="adam",
-    learning_rate=2e-3,
-    schedule="cosine",
-    step_epochs=(),
-    weight_decay=0.0,
-    output_dir=None,
-    verbose=2,
-    callbacks=(),
-):
-    """Compile `model` (a Distiller) with a named optimizer/schedule and `fit()` it.
+def compile_and_fit(model, dataset, train, *, steps_per_epoch, output_dir=None, callbacks=()):
+    """Compile `model` (a Distiller) as a `TrainConfig` says and `fit()` it.
 
     `dataset` may be a callable `start_step -> dataset`: it is called after
     compiling with the step restored from `output_dir/backup` (0 without one),
     so a step-indexed stream (`paired_dataset(..., start_step=...)`) resumes
     exactly where a run killed and restored by `BackupAndRestore` left off.
+    Under the "mixed_float16" policy the optimizer scales the loss
+    (`keras.optimizers.LossScaleOptimizer`); `train.jit_compile` compiles the
+    train step with XLA.
 
     Returns:
       (history dict of float lists, wall seconds of `fit`).
     """
     lr = learning_rate_schedule(
-        learning_rate, schedule, total_steps=epochs * steps_per_epoch,
-        steps_per_epoch=steps_per_epoch, boundaries_epochs=step_epochs,
-    )  # fmt: skip
-    model.compile(optimizer=make_optimizer(optimizer, lr, weight_decay))
+        train.learning_rate,
+        train.lr_schedule,
+        total_steps=train.epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        boundaries_epochs=train.lr_step_epochs,
+    )
+    optimizer = make_optimizer(train.optimizer, lr, train.weight_decay)
+    if keras.config.dtype_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=bool(train.jit_compile))
     if callable(dataset):
         dataset = dataset(restored_step(model, output_dir))
     t0 = time.perf_counter()
     hist = model.fit(
         dataset,
-        epochs=epochs,
+        epochs=train.epochs,
         steps_per_epoch=steps_per_epoch,
         callbacks=[*standard_callbacks(output_dir), *callbacks],
-        verbose=verbose,
+        verbose=train.verbose,
         shuffle=False,
     )
     seconds = time.perf_counter() - t0

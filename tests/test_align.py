@@ -184,3 +184,45 @@ def test_app_gives_a_one_line_error_for_a_missing_src(tmp_path):
     proc = run_app("align", f"--src={tmp_path / 'nope'}", f"--dst={out}")
     assert "nope is not a folder" in one_line_error(proc)
     assert not out.exists()
+
+
+def test_align_folder_reads_every_format_and_counts_what_it_skips(aligner, tmp_path):
+    from PIL import Image
+
+    from lrface_tf.data.align import align_folder
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "Ann").mkdir(parents=True)
+    (src / "Bob").mkdir()
+    ann = Image.open(_lfw("Aaron_Peirsol", 1))
+    ann.convert("L").save(src / "Ann" / "Ann_0001.pgm")  # grayscale PGM
+    ann.save(src / "Ann" / "Ann_0002", "GIF")  # no extension
+    ann.save(src / "Ann" / "Ann_0003.tif")
+    bob = Image.open(_lfw("Abdullah_Gul", 1))
+    bob.save(src / "Bob" / "Bob_0001.png")
+    bob.save(src / "Bob" / "Bob_0001.webp", lossless=True)  # its .png name is taken
+    data = open(_lfw("Abdullah_Gul", 2), "rb").read()
+    (src / "Bob" / "Bob_0002.jpg").write_bytes(data[: len(data) // 3])  # truncated
+    (src / "Bob" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(32))
+    (src / "Bob" / "notes.txt").write_text("two photos\n")
+    (src / "README").write_text("people\n")
+
+    report = align_folder(str(src), str(dst), progress=False, aligner=aligner)
+    written = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert written == [
+        "Ann/Ann_0001.png",
+        "Ann/Ann_0002.png",
+        "Ann/Ann_0003.png",
+        "Bob/Bob_0001.png",
+        "Bob/Bob_0001.webp.png",
+        "align_report.json",
+    ]
+    for name in written[:-1]:
+        assert np.asarray(Image.open(dst / name)).shape == (112, 112, 3)
+    assert report["images"] == 6 and report["failures"] == 1
+    assert report["faces_found"] + report["fallbacks"] == 5 and report["faces_found"] >= 4
+    assert report["failure_paths"][0]["path"] == os.path.join("Bob", "Bob_0002.jpg")
+    assert report["failure_paths"][0]["reason"].startswith("corrupt (truncated JPEG")
+    assert report["not_aligned"] == {"corrupt": 1, "not an image": 2, "not in a person folder": 1}
+    assert [p["path"] for p in report["other_file_paths"]] == ["Bob/.DS_Store", "Bob/notes.txt"]
+    assert report["not_in_person_folder"] == ["README"]

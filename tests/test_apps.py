@@ -15,9 +15,13 @@ FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 def run_app(app, *flags, cwd=ROOT):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
     return subprocess.run(
-        [sys.executable, "-m", f"apps.{app}", *flags], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-m", f"apps.{app}", *flags],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def one_line_error(proc):
@@ -87,8 +91,14 @@ def test_teacher_student_export_chain(tmp_path):
     assert "takes 28x28 inputs but --teacher_size=32" in one_line_error(proc)
     assert not (tmp_path / "x").exists()
 
-    proc = run_app("distill", *common, "--method=kd", "--epochs=3",
-                   f"--teacher={t_dir / 'teacher.keras'}", f"--output_dir={s_dir}")  # fmt: skip
+    proc = run_app(
+        "distill",
+        *common,
+        "--method=kd",
+        "--epochs=3",
+        f"--teacher={t_dir / 'teacher.keras'}",
+        f"--output_dir={s_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s_metrics = json.loads((s_dir / "metrics.json").read_text())
     assert set(s_metrics["history"]) >= {"loss", "task", "kd"}
@@ -100,9 +110,14 @@ def test_teacher_student_export_chain(tmp_path):
     # The resolved flagfile reproduces the run's settings.
     assert "--student_size=7" in (s_dir / "flags.cfg").read_text()
 
-    proc = run_app("export", *common, f"--model={s_dir / 'student.keras'}",
-                   "--quantizations=float32,int8", "--parity_images=200",
-                   f"--output_dir={e_dir}")  # fmt: skip
+    proc = run_app(
+        "export",
+        *common,
+        f"--model={s_dir / 'student.keras'}",
+        "--quantizations=float32,int8",
+        "--parity_images=200",
+        f"--output_dir={e_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     parity = json.loads((e_dir / "parity.json").read_text())
     assert parity["tflite"]["float32"]["logits"]["max_abs_error"] < 1e-3
@@ -111,8 +126,13 @@ def test_teacher_student_export_chain(tmp_path):
     assert (e_dir / "saved_model" / "saved_model.pb").exists()
     assert not [p for p in os.listdir(e_dir) if p.startswith(".tmp-")]
 
-    proc = run_app("evaluate", *common, f"--models={s_dir / 'student.keras'}",
-                   "--probe_sizes=7,full", f"--output_dir={tmp_path / 'eval'}")  # fmt: skip
+    proc = run_app(
+        "evaluate",
+        *common,
+        f"--models={s_dir / 'student.keras'}",
+        "--probe_sizes=7,full",
+        f"--output_dir={tmp_path / 'eval'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
     assert [r["probe_size"] for r in rows] == [7, 28]
@@ -128,9 +148,16 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     import keras
     import numpy as np
 
-    base = [f"--flagfile={ROOT}/configs/base.cfg", "--method=baseline", "--max_train_examples=1024",
-            "--batch_size=64", "--epochs=3", "--verbose=0", "--student_width=0.5",
-            "--deterministic"]  # fmt: skip
+    base = [
+        f"--flagfile={ROOT}/configs/base.cfg",
+        "--method=baseline",
+        "--max_train_examples=1024",
+        "--batch_size=64",
+        "--epochs=3",
+        "--verbose=0",
+        "--student_width=0.5",
+        "--deterministic",
+    ]
     ref, run = tmp_path / "uninterrupted", tmp_path / "killed"
     proc = run_app("distill", *base, f"--output_dir={ref}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -164,9 +191,16 @@ def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
     pairs = _colour_people(tmp_path / "faces")
     _mean_colour_model(tmp_path / "m.keras")
     out = tmp_path / "eval"
-    proc = run_app("evaluate", f"--pairs={pairs}", f"--image_root={tmp_path / 'faces'}",
-                   "--image_size=16", f"--models={tmp_path / 'm.keras'}",
-                   "--probe_sizes=4,full", "--sides=probe,both", f"--output_dir={out}")  # fmt: skip
+    proc = run_app(
+        "evaluate",
+        f"--pairs={pairs}",
+        f"--image_root={tmp_path / 'faces'}",
+        "--image_size=16",
+        f"--models={tmp_path / 'm.keras'}",
+        "--probe_sizes=4,full",
+        "--sides=probe,both",
+        f"--output_dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
     conditions = [(r["probe_size"], r["side"]) for r in rows]
@@ -185,22 +219,42 @@ def test_write_tfrecords_then_distill_streams_from_them(tmp_path):
 
     _colour_people(tmp_path / "faces", people=4, per=8, size=24)
     tfr = tmp_path / "tfr"
-    proc = run_app("write_tfrecords", f"--data_dir={tmp_path / 'faces'}", f"--dst={tfr}",
-                   "--num_shards=3", "--verbose=0")  # fmt: skip
+    proc = run_app(
+        "write_tfrecords",
+        f"--data_dir={tmp_path / 'faces'}",
+        f"--dst={tfr}",
+        "--num_shards=3",
+        "--verbose=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tfr / "manifest.json").read_text())["num_examples"] == 32
     out = tmp_path / "run"
-    proc = run_app("distill", f"--flagfile={ROOT}/configs/base.cfg", "--data=tfrecord",
-                   f"--data_dir={tfr}", "--method=baseline", "--teacher_size=24",
-                   "--student_size=8", "--batch_size=8", "--epochs=1", "--verbose=0",
-                   "--student_width=0.25", f"--output_dir={out}")  # fmt: skip
+    proc = run_app(
+        "distill",
+        f"--flagfile={ROOT}/configs/base.cfg",
+        "--data=tfrecord",
+        f"--data_dir={tfr}",
+        "--method=baseline",
+        "--teacher_size=24",
+        "--student_size=8",
+        "--batch_size=8",
+        "--epochs=1",
+        "--verbose=0",
+        "--student_width=0.25",
+        f"--output_dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["examples"] == 32 and len(metrics["history"]["loss"]) == 1
     student = keras.saving.load_model(out / "student.keras", compile=False)
     assert student.input_shape == (None, 8, 8, 3) and student.output["logits"].shape[-1] == 4
-    proc = run_app("distill", "--data=tfrecord", f"--data_dir={tmp_path / 'faces'}",
-                   "--method=baseline", f"--output_dir={tmp_path / 'bad'}")  # fmt: skip
+    proc = run_app(
+        "distill",
+        "--data=tfrecord",
+        f"--data_dir={tmp_path / 'faces'}",
+        "--method=baseline",
+        f"--output_dir={tmp_path / 'bad'}",
+    )
     assert "no manifest.json" in one_line_error(proc)
 
 
@@ -211,9 +265,14 @@ def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     _colour_people(tmp_path / "faces", people=6, per=5)
     _mean_colour_model(tmp_path / "m.keras")
     out = tmp_path / "eval"
-    proc = run_app("evaluate", f"--identification_root={tmp_path / 'faces'}", "--image_size=16",
-                   f"--models={tmp_path / 'm.keras'}", "--probe_sizes=4,full",
-                   f"--output_dir={out}")  # fmt: skip
+    proc = run_app(
+        "evaluate",
+        f"--identification_root={tmp_path / 'faces'}",
+        "--image_size=16",
+        f"--models={tmp_path / 'm.keras'}",
+        "--probe_sizes=4,full",
+        f"--output_dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["probe_size"], r["people"], r["probes"]) for r in rows] == [(4, 6, 24), (16, 6, 24)]

@@ -51,8 +51,9 @@ def test_unknown_names_list_the_choices():
 
 @pytest.mark.parametrize("head", ["softmax", "arcface"])
 def test_recognizer_keras_round_trip(head, tmp_path):
-    m = build_recognizer("resnet8", 8, 5, channels=1, head=head, embedding_dim=8,
-                         width_multiplier=0.25)  # fmt: skip
+    m = build_recognizer(
+        "resnet8", 8, 5, channels=1, head=head, embedding_dim=8, width_multiplier=0.25
+    )
     x = np.random.RandomState(0).rand(3, 8, 8, 1).astype(np.float32)
     path = str(tmp_path / "m.keras")
     m.save(path)

@@ -7,8 +7,7 @@ import numpy as np
 from keras import layers
 
 
-def tiny_model(input_size, channels=1, embedding_dim=8, num_classes=4, hidden=16, name="m",
-               seed=0):  # fmt: skip
+def tiny_model(input_size, channels=1, embedding_dim=8, num_classes=4, hidden=16, name="m", seed=0):
     """A BN-free functional model image -> {"embedding", "logits"} (exact under replicas)."""
     init = keras.initializers.GlorotUniform(seed=seed)
     image = keras.Input((input_size, input_size, channels), name="image")

@@ -30,7 +30,7 @@ def _terms():
         "rkd_distance": DistillTerm(RKDDistanceLoss(), 1.0),
         "rkd_angle": DistillTerm(RKDAngleLoss(), 2.0),
         "mk_mmd": DistillTerm(MKMMDLoss(), 1.0),
-        "class_center": DistillTerm(ClassCenterLoss(), 0.5),
+        "class_center": DistillTerm(ClassCenterLoss(4), 0.5),
     }
 
 
@@ -43,12 +43,14 @@ def _train(strategy, steps=2):
         teacher.set_weights(ref_t.get_weights())
         student.set_weights(ref_s.get_weights())
         d = Distiller(student, teacher, _terms(), task_loss=MaskedCrossEntropy(), task_weight=0.7)
-        for proj in d.projections.values():
-            proj.set_weights([np.eye(5, 6, dtype=np.float32)])
+        for term in d.terms.values():
+            if term.loss.projection is not None:
+                term.loss.projection.set_weights([np.eye(5, 6, dtype=np.float32)])
         d.compile(optimizer=keras.optimizers.SGD(0.1))
     ds = tf.data.Dataset.from_tensor_slices(({"hr": XH, "lr": XL}, Y)).batch(B)
     hist = d.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-    centers = [d.class_centers.centers.numpy(), d.class_centers.counts.numpy()]
+    centres = d.terms["class_center"].loss.centers
+    centers = [centres.centers.numpy(), centres.counts.numpy()]
     return [w.copy() for w in student.get_weights()] + centers, hist.history, d
 
 
@@ -68,8 +70,9 @@ def test_each_term_logged_and_weighted_sum_is_the_loss():
     weights = {name: t.weight for name, t in _terms().items()}
     total = 0.7 * h["task"][0] + sum(weights[k] * h[k][0] for k in weights)
     np.testing.assert_allclose(h["loss"][0], total, rtol=1e-5)
-    # dims 5 vs 6: feature and MMD get a projection; RKD compares relations only.
-    assert set(d.projections) == {"feature", "mk_mmd", "class_center"}
+    # dims 5 vs 6: feature, MMD and centres own a projection; RKD compares relations only.
+    projected = {name for name, t in d.terms.items() if t.loss.projection is not None}
+    assert projected == {"feature", "mk_mmd", "class_center"}
 
 
 def test_teacher_frozen_batchnorm_untouched_student_trained():
@@ -99,8 +102,12 @@ def test_cached_teacher_outputs_replace_the_forward_pass():
     d = Distiller(student, teacher, _terms(), task_loss=MaskedCrossEntropy())
     x = {"hr": XH[:B], "lr": XL[:B]}
     t_out = teacher(XH[:B], training=False)
-    cached = {"hr": XH[:B] * 0.0, "lr": XL[:B], "teacher_embedding": t_out["embedding"],
-              "teacher_logits": t_out["logits"]}  # fmt: skip
+    cached = {
+        "hr": XH[:B] * 0.0,
+        "lr": XL[:B],
+        "teacher_embedding": t_out["embedding"],
+        "teacher_logits": t_out["logits"],
+    }
     y_pred = d(x)
     a = d.compute_loss(x, Y[:B], y_pred)
     b = d.compute_loss(cached, Y[:B], y_pred)
@@ -118,12 +125,15 @@ def test_bad_configurations():
     student = tiny_model(4)
     with pytest.raises(ValueError, match="need a teacher"):
         Distiller(student, None, _terms())
-    with pytest.raises(ValueError, match="reads the assistant"):
-        Distiller(student, tiny_model(8), {"a": DistillTerm(KDLoss(), 1.0, "logits", "assistant")})
+    embedding_only = keras.Model(student.input, student.output["embedding"])
+    with pytest.raises(ValueError, match="teacher has only embedding.*class_mean"):
+        Distiller(student, embedding_only, {"kd": DistillTerm(KDLoss(), 1.0, "logits")})
+    with pytest.raises(ValueError, match="nothing to train"):
+        Distiller(student, None)
     with pytest.raises(ValueError, match="term output"):
         DistillTerm(KDLoss(), 1.0, "features")
     with pytest.raises(NotImplementedError, match="distiller.student"):
-        Distiller(student, None).get_config()
+        Distiller(student, None, task_loss=MaskedCrossEntropy()).get_config()
 
 
 def test_baseline_without_teacher_trains():
@@ -141,8 +151,9 @@ def _train_bn_student(strategy, sync):
     keras.utils.set_random_seed(4)
     ref = build_recognizer("resnet8", 8, 4, channels=1, embedding_dim=6, width_multiplier=0.25)
     with strategy.scope():
-        student = build_recognizer("resnet8", 8, 4, channels=1, embedding_dim=6,
-                                   width_multiplier=0.25)  # fmt: skip
+        student = build_recognizer(
+            "resnet8", 8, 4, channels=1, embedding_dim=6, width_multiplier=0.25
+        )
         student.set_weights(ref.get_weights())
         if sync:
             student = synchronize_batchnorm(student)

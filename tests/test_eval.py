@@ -152,8 +152,12 @@ def test_verification_callback_and_embeddings(tmp_path):
     ds = [({"hr": a[:8], "lr": a[:8]}, np.zeros(8, np.int32))]
     import tensorflow as tf
 
-    h = d.fit(tf.data.Dataset.from_tensors(ds[0][0]).map(lambda x: (x, tf.zeros(8, tf.int32))),
-              epochs=1, verbose=0, callbacks=[cb])  # fmt: skip
+    h = d.fit(
+        tf.data.Dataset.from_tensors(ds[0][0]).map(lambda x: (x, tf.zeros(8, tf.int32))),
+        epochs=1,
+        verbose=0,
+        callbacks=[cb],
+    )
     # Identical images score cosine 1: a threshold below 1 separates them from most
     # random pairs, so accuracy is far above chance.
     assert h.history["val_verification_accuracy"][0] > 0.8
@@ -205,8 +209,9 @@ def test_evaluate_pairs_end_to_end(tmp_path):
     # The probe is degraded then brought back to the input size; the gallery is untouched.
     x = prepare(data["images_b"][:2], 16, 4)
     assert x.shape == (2, 16, 16, 3)
-    np.testing.assert_allclose(prepare(data["images_a"][:2], 16), data["images_a"][:2] / 255.0,
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        prepare(data["images_a"][:2], 16), data["images_a"][:2] / 255.0, atol=1e-6
+    )
     with pytest.raises(ValueError, match="side"):
         evaluate_pairs(model, data, side="gallery")
 

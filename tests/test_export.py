@@ -25,8 +25,9 @@ def trained(tmp_path_factory):
     x, y = digits()
     m = build_recognizer("resnet8", 8, 10, channels=1, embedding_dim=16, width_multiplier=0.5)
     lm = logits_model(m)
-    lm.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-               metrics=["accuracy"])  # fmt: skip
+    lm.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     ds = single_view_dataset(x[:1500], y[:1500], batch_size=64)
     lm.fit(ds.repeat(), epochs=3, steps_per_epoch=25, verbose=0)
     test = np.concatenate([b.numpy() for b, _ in single_view_dataset(x[1500:], y[1500:])])
@@ -48,8 +49,9 @@ def test_tflite_float32_matches_keras(trained):
 
 def test_tflite_quantized_agree_with_keras(trained):
     m, test, reps, out = trained
-    dr = parity_report(m, TFLiteModel(convert_tflite(m, os.path.join(out, "dr.tflite"),
-                                                     "dynamic_range")), test)  # fmt: skip
+    dr = parity_report(
+        m, TFLiteModel(convert_tflite(m, os.path.join(out, "dr.tflite"), "dynamic_range")), test
+    )
     assert dr["logits"]["top1_agreement"] >= 0.98
     path = convert_tflite(m, os.path.join(out, "i8.tflite"), "int8", representative_images=reps)
     t = TFLiteModel(path)

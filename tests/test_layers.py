@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from lrface_tf.layers import ClassCenters, CosineHead
 from lrface_tf.losses import ClassCenterLoss
+from lrface_tf.losses.class_center import center_distance_loss
 
 RNG = np.random.RandomState(0)
 
@@ -56,16 +57,29 @@ def test_class_center_loss_reference_and_zero():
     dt = np.linalg.norm(t[:, None] - u[None], axis=-1)
     ds = np.linalg.norm(s[:, None] - u[None], axis=-1)
     ref = (((dt - ds) ** 2)[:, :2]).mean(-1).mean()
-    loss = ClassCenterLoss()
-    got = loss({"embedding": t, "centers": u, "valid": valid}, s)
-    np.testing.assert_allclose(float(got), ref, rtol=1e-4)
-    assert float(loss({"embedding": t, "centers": u, "valid": valid}, t)) == pytest.approx(
-        0, abs=1e-5
-    )
+    np.testing.assert_allclose(float(np.mean(center_distance_loss(t, s, u, valid))), ref, rtol=1e-4)
+    assert float(np.mean(center_distance_loss(t, t, u, valid))) == pytest.approx(0, abs=1e-5)
     sv = tf.Variable(t)  # student exactly on the teacher: finite gradient
     with tf.GradientTape() as tape:
-        v = loss({"embedding": t, "centers": t[:3], "valid": np.ones(3, np.float32)}, sv)
+        v = tf.reduce_mean(center_distance_loss(t, sv, t[:3], np.ones(3, np.float32)))
     assert np.all(np.isfinite(tape.gradient(v, sv).numpy()))
+
+
+def test_class_center_term_owns_its_centres():
+    t = RNG.randn(6, 4).astype(np.float32)
+    s = RNG.randn(6, 4).astype(np.float32)
+    y = np.array([0, 0, 1, 2, -1, 1], np.int32)
+    loss = ClassCenterLoss(3)
+    loss.build(t.shape, s.shape)
+    loss(t, s, y, training=True)  # the batch updates the centres first
+    for c in range(3):
+        np.testing.assert_allclose(loss.centers.centers.numpy()[c], t[y == c].mean(0), rtol=1e-5)
+    valid = np.ones(3, np.float32)
+    ref = center_distance_loss(t, s, loss.centers.centers.numpy(), valid)
+    np.testing.assert_allclose(loss(t, s, y, training=False), ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs labels"):
+        loss(t, s)
+    assert any("centers" in w.path for w in loss.non_trainable_weights)
 
 
 def test_layers_serialize():

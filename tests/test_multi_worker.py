@@ -69,14 +69,23 @@ def test_two_workers_end_with_the_weights_of_one_process(tmp_path):
     procs = []
     for i in range(2):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(subprocess.Popen(
-            [sys.executable, str(child), "multi_worker", str(tmp_path / f"w{i}.json")],
-            cwd=ROOT, env=_env(TF_CONFIG=config), stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(child), "multi_worker", str(tmp_path / f"w{i}.json")],
+                cwd=ROOT,
+                env=_env(TF_CONFIG=config),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     single = subprocess.run(
         [sys.executable, str(child), "default", str(tmp_path / "one.json")],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     for p in procs:
         _, err = p.communicate(timeout=300)
@@ -102,16 +111,29 @@ def test_distill_app_multi_worker_chief_writes_the_run_and_workers_agree(tmp_pat
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = tmp_path / "run"
-    flags = [f"--flagfile={ROOT}/configs/base.cfg", "--method=baseline", "--epochs=1",
-             "--max_train_examples=256", "--batch_size=64", "--verbose=0",
-             "--student_width=0.25", "--strategy=multi_worker", f"--output_dir={out}"]  # fmt: skip
+    flags = [
+        f"--flagfile={ROOT}/configs/base.cfg",
+        "--method=baseline",
+        "--epochs=1",
+        "--max_train_examples=256",
+        "--batch_size=64",
+        "--verbose=0",
+        "--student_width=0.25",
+        "--strategy=multi_worker",
+        f"--output_dir={out}",
+    ]
     procs = []
     for i in range(2):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "apps.distill", *flags], cwd=ROOT,
-            env=_env(TF_CONFIG=config), stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "apps.distill", *flags],
+                cwd=ROOT,
+                env=_env(TF_CONFIG=config),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]

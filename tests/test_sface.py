@@ -73,8 +73,9 @@ def test_keras_round_trip_is_exact(teacher, tmp_path):
     path = str(tmp_path / "sface.keras")
     teacher.save(path)
     again = keras.saving.load_model(path)
-    np.testing.assert_array_equal(again.predict(x, verbose=0)["embedding"],
-                                  teacher.predict(x, verbose=0)["embedding"])  # fmt: skip
+    np.testing.assert_array_equal(
+        again.predict(x, verbose=0)["embedding"], teacher.predict(x, verbose=0)["embedding"]
+    )
 
 
 def test_same_person_is_closer_than_different_people(teacher):
@@ -105,8 +106,7 @@ def test_same_person_is_closer_than_different_people(teacher):
     ],
     ids=["changed_sha256", "missing_file", "missing_package"],
 )
-def test_missing_or_changed_weights_fail_in_one_line(monkeypatch, attribute, value, error,
-                                                      message):  # fmt: skip
+def test_missing_or_changed_weights_fail_in_one_line(monkeypatch, attribute, value, error, message):
     monkeypatch.setattr(sface_module, attribute, value)
     with pytest.raises(error, match=message) as info:
         build_sface()
@@ -135,12 +135,18 @@ def test_blocked_dequantization_matches_onnx_reference():
     zero = rng.randint(-20, 20, (4, 3)).astype(np.int8)
     node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1, block_size=4)
     graph = helper.make_graph(
-        [node], "dq",
-        [helper.make_tensor_value_info(n, t, s) for n, t, s in
-         [("q", TensorProto.INT8, q.shape), ("s", TensorProto.FLOAT, scale.shape),
-          ("z", TensorProto.INT8, zero.shape)]],
+        [node],
+        "dq",
+        [
+            helper.make_tensor_value_info(n, t, s)
+            for n, t, s in [
+                ("q", TensorProto.INT8, q.shape),
+                ("s", TensorProto.FLOAT, scale.shape),
+                ("z", TensorProto.INT8, zero.shape),
+            ]
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, q.shape)],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     (expected,) = ReferenceEvaluator(model).run(None, {"q": q, "s": scale, "z": zero})
     np.testing.assert_array_equal(sface_module._dequantize(q, scale, zero, 1, 4), expected)

@@ -29,9 +29,10 @@ def test_nan_in_a_loss_term_stops_the_run_and_names_it():
 def test_steps_schedule_matches_the_crrcd_recipe():
     lr = learning_rate_schedule(0.05, "steps", steps_per_epoch=10, boundaries_epochs=[21, 28, 32])
     np.testing.assert_allclose(
-        [float(lr(s)) for s in (0, 209, 211, 281, 321)], [0.05, 0.05, 0.005, 0.0005, 0.00005],
+        [float(lr(s)) for s in (0, 209, 211, 281, 321)],
+        [0.05, 0.05, 0.005, 0.0005, 0.00005],
         rtol=1e-5,
-    )  # fmt: skip
+    )
     assert learning_rate_schedule(0.1, "constant") == 0.1
     with pytest.raises(ValueError, match="unknown lr schedule"):
         learning_rate_schedule(0.1, "linear")

@@ -31,9 +31,16 @@ def _unit(x, filters, name):
 
 
 def sphere_resnet(
-    input_shape, *, depths, widths, width_multiplier=1.0, embedding_dim=512, dropout=0.0,
-    pooling="flatten", name="sphere_resnet",
-):  # fmt: skip
+    input_shape,
+    *,
+    depths,
+    widths,
+    width_multiplier=1.0,
+    embedding_dim=512,
+    dropout=0.0,
+    pooling="flatten",
+    name="sphere_resnet",
+):
     """SphereFace-style ResNet; see the module docstring. Stage outputs are named."""
     widths = [max(4, int(round(w * width_multiplier))) for w in widths]
     inputs = keras.Input(input_shape, name="image")

@@ -2,6 +2,7 @@
 
 from lrface_tf.data.datasets import (
     DataError,
+    flat_folder,
     identity_folder,
     identity_folder_dataset,
     lfw_pairs,
@@ -9,6 +10,7 @@ from lrface_tf.data.datasets import (
     read_idx,
 )
 from lrface_tf.data.degrade import KERNELS, DegradationSpec, degrade, gaussian_blur
+from lrface_tf.data.images import check_image, image_format, list_images, read_image
 from lrface_tf.data.pipeline import (
     UNLABELLED,
     class_balanced_subset,
@@ -21,14 +23,19 @@ __all__ = [
     "UNLABELLED",
     "DataError",
     "DegradationSpec",
+    "check_image",
     "class_balanced_subset",
     "degrade",
+    "flat_folder",
     "gaussian_blur",
     "identity_folder",
     "identity_folder_dataset",
+    "image_format",
     "lfw_pairs",
+    "list_images",
     "load_fashion_mnist",
     "paired_dataset",
     "read_idx",
+    "read_image",
     "single_view_dataset",
 ]

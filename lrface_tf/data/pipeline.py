@@ -16,15 +16,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from lrface_tf.data.views import apply_view
+
 UNLABELLED = -1
 
 
 def flip_decision(seed):
-    """The horizontal-flip coin of one element: a bool tensor from its stateless seed.
-
-    Shared by the augmentation and the teacher cache, which must know which
-    variant (flipped or not) the teacher would have seen.
-    """
+    """The horizontal-flip coin of one element: a bool tensor from its stateless seed."""
     return tf.random.stateless_uniform([], seed=seed) < 0.5
 
 
@@ -61,22 +59,11 @@ def to_float(image):
     return tf.cast(image, tf.float32)
 
 
-def paired_views(image, label, spec, seed, augment=None, hr_size=None):
-    """One element -> ({"hr", "lr"}, label); see the module docstring."""
-    hr = to_float(image)
-    if hr_size is not None and (hr.shape[0] != hr_size or hr.shape[1] != hr_size):
-        hr = tf.image.resize(hr, (hr_size, hr_size), method="area")
-    if augment is not None:
-        hr = augment(hr, seed)
-    lr = spec.apply(hr, seed=seed + 13)
-    return {"hr": hr, "lr": lr}, label
-
-
-def _as_dataset(images, labels, teacher_cache=None, augment=None):
+def _as_dataset(images, labels, teacher_cache=None, views=None):
     """A `tf.data.Dataset` of the elements `_arrays` builds (a dataset passes through)."""
-    if isinstance(images, tf.data.Dataset) and teacher_cache is None:
+    if isinstance(images, tf.data.Dataset) and teacher_cache is None and views is None:
         return images
-    return tf.data.Dataset.from_tensor_slices(_arrays(images, labels, teacher_cache, augment))
+    return tf.data.Dataset.from_tensor_slices(_arrays(images, labels, teacher_cache, views))
 
 
 def paired_dataset(
@@ -87,6 +74,7 @@ def paired_dataset(
     batch_size,
     training=True,
     augment="flip_crop",
+    views=None,
     seed=0,
     shuffle_buffer=None,
     drop_remainder=None,
@@ -96,6 +84,7 @@ def paired_dataset(
     start_step=None,
     num_classes=None,
     keep_hr=True,
+    labelled_fraction=0.0,
 ):
     """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
 
@@ -106,17 +95,19 @@ def paired_dataset(
       spec: `DegradationSpec` for the LR view.
       batch_size: global batch size.
       training: shuffle + augment when True; deterministic order otherwise.
-      augment: key of `AUGMENTATIONS` (training only).
+      augment: key of `AUGMENTATIONS` (training only), for runs without `views`.
+      views: a `ViewSpec` (arrays only): every image has K fixed augmented views
+        (`lrface_tf.data.views`) and each step shows one of them, drawn per
+        example; the LR view is made from it. Replaces `augment`.
       seed: seeds shuffling and augmentation; the same seed gives the same batches.
       shuffle_buffer: default the whole array (or 10,000 for datasets).
       drop_remainder: default `training`.
       repeat: repeat forever (use with `steps_per_epoch`).
       hr_size: resize the HR view to this size first (area), if it differs.
-      teacher_cache: a `TeacherCache` built on the same `images` (arrays only):
-        the batch dict then also carries "teacher_embedding" / "teacher_logits"
-        of the variant (flipped or not) the HR view shows, and the Distiller
-        skips the teacher's forward pass. Needs augment "none" or "flip"
-        (a random crop has no finite set of variants to cache).
+      teacher_cache: a `TeacherCache` built on the same `images` and views (arrays
+        only): the batch dict then also carries "teacher_embedding" (and
+        "teacher_logits" when the cache has logits or a head) of the view the HR
+        image shows, and the Distiller skips the teacher's forward pass.
       start_step: resumable mode (arrays, training only): an endless stream in
         which the batch at global step g depends only on (seed, g) — epoch
         e = g // steps_per_epoch uses the permutation and augmentation seeds of
@@ -129,44 +120,89 @@ def paired_dataset(
       keep_hr: False drops the HR view from the batches, which saves moving it
         every step when nothing needs it: a student trained alone on LR views,
         or a direct Distiller reading a teacher cache (a teacher run every step,
-        an assistant or a student on the HR view needs it).
+        or a student on the HR view, needs it).
       num_classes: when given, array labels must lie in [-1, num_classes)
         (-1: unlabelled); anything else stops with an error before training.
+      labelled_fraction: resumable mode: this share of every batch is drawn from
+        the labelled examples (oversampling a few labels among many unlabelled);
+        0 draws uniformly.
     """
     if num_classes is not None and labels is not None and not isinstance(images, tf.data.Dataset):
         check_labels(labels, num_classes)
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {augment!r}: use one of {', '.join(AUGMENTATIONS)}")
-    aug = AUGMENTATIONS[augment] if training else None
+    if teacher_cache is not None:
+        if augment not in ("none", "flip"):
+            raise ValueError(
+                f"a teacher cache works with views (or augment none/flip), not augment="
+                f"{augment!r}: a random crop has no finite set of views to cache"
+            )
+        if augment == "flip" and not (teacher_cache.num_views >= 2 and teacher_cache.views.flip):
+            raise ValueError("augment 'flip' needs a cache with a mirrored view (2+ views, flip)")
+        if views is None:
+            views = teacher_cache.views
+        elif views != teacher_cache.views:
+            raise ValueError(
+                f"the teacher cache holds views {teacher_cache.views}, the data asks for "
+                f"{views}; rebuild the cache for these views"
+            )
+    elif views is not None and augment != "none":
+        raise ValueError(f"pass views or augment={augment!r}, not both (views replace augment)")
+    aug = AUGMENTATIONS[augment] if training and views is None else None
+    head = None
+    if teacher_cache is not None and teacher_cache.head is not None:
+        kernel, scale = teacher_cache.head
+        kernel = kernel / np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
+        head = (tf.constant(kernel, tf.float32), float(scale))
 
     def _views(element, s):
-        image, label, *cached = element  # cached: (embeddings[, logits]) with a cache
-        views, label = paired_views(image, label, spec, s, augment=aug, hr_size=hr_size)
-        if cached:
-            v = tf.cast(flip_decision(s), tf.int32) if aug is not None else 0
-            views["teacher_embedding"] = cached[0][v]
-            if len(cached) > 1:  # an embedding-only teacher's cache has no logits
-                views["teacher_logits"] = cached[1][v]
+        image, label, *rest = element  # rest: view params[, embeddings[, logits]]
+        hr = to_float(image)
+        if hr_size is not None and (hr.shape[0] != hr_size or hr.shape[1] != hr_size):
+            hr = tf.image.resize(hr, (hr_size, hr_size), method="area")
+        out = {}
+        if rest:
+            params, cached = rest[0], rest[1:]
+            v = 0
+            if training and params.shape[0] > 1:
+                v = tf.random.stateless_uniform(
+                    [], seed=s + 3, maxval=params.shape[0], dtype=tf.int32
+                )
+                hr = apply_view(hr, params[v])
+            if cached:
+                out["teacher_embedding"] = cached[0][v]
+                if len(cached) > 1:
+                    out["teacher_logits"] = cached[1][v]
+                elif head is not None:
+                    e = cached[0][v]
+                    e = e * tf.math.rsqrt(tf.reduce_sum(tf.square(e)) + 1e-12)
+                    out["teacher_logits"] = head[1] * tf.linalg.matvec(head[0], e, transpose_a=True)
+        elif aug is not None:
+            hr = aug(hr, s)
+        out.update(hr=hr, lr=spec.apply(hr, seed=s + 13))
         if not keep_hr:
-            del views["hr"]
-        return views, label
+            del out["hr"]
+        return out, label
 
     if start_step is not None:
         if not training:
             raise ValueError("start_step (resumable stream) is for training datasets")
-        arrays = _arrays(images, labels, teacher_cache, augment)
-        ds = _step_indexed_stream(len(arrays[1]), batch_size, seed, start_step)
+        arrays = _arrays(images, labels, teacher_cache, views)
+        labelled = np.flatnonzero(arrays[1] >= 0)
+        k = int(round(labelled_fraction * batch_size)) if labelled_fraction else 0
+        ds = _step_indexed_stream(len(arrays[1]), batch_size, seed, start_step, labelled, k)
         consts = tuple(tf.constant(a) for a in arrays)
 
         def _map(e, i):
             s = tf.cast(tf.stack([(seed * 1_000_003 + e) % (2**31 - 1), i]), tf.int32)
             return _views(tuple(tf.gather(c, i) for c in consts), s)
 
-        ds = ds.map(lambda ei: _map(ei[0], ei[1]), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)  # fmt: skip
+        ds = ds.map(
+            lambda ei: _map(ei[0], ei[1]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
         return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
-    ds = _as_dataset(images, labels, teacher_cache, augment)
+    ds = _as_dataset(images, labels, teacher_cache, views)
     if training:
         n = ds.cardinality()
         buf = shuffle_buffer or (int(n) if n > 0 else 10_000)
@@ -196,11 +232,12 @@ def check_labels(labels, num_classes):
         )
 
 
-def _arrays(images, labels, cache, augment):
-    """(images, labels[, embeddings (N, V, D)[, logits (N, V, C)]]) as numpy arrays."""
+def _arrays(images, labels, cache, views):
+    """(images, labels[, params (N, V, P)[, embeddings (N, V, D)[, logits (N, V, C)]]])."""
     if isinstance(images, tf.data.Dataset):
         raise ValueError(
-            "a teacher cache or a resumable stream needs in-memory arrays, not a tf.data.Dataset"
+            "a teacher cache, views or a resumable stream need in-memory arrays, "
+            "not a tf.data.Dataset"
         )
     images = np.asarray(images)
     if images.ndim == 3:
@@ -208,34 +245,52 @@ def _arrays(images, labels, cache, augment):
     labels = np.asarray(labels, np.int32)
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
-    if cache is None:
+    if views is None:
         return images, labels
-    if augment not in ("none", "flip"):
-        raise ValueError(
-            f"teacher_cache works with augment 'none' or 'flip', got {augment!r}: "
-            "a random crop has no finite set of variants to cache"
-        )
+    if cache is None:
+        from lrface_tf.data.teacher_cache import image_keys
+
+        params = views.params(image_keys(images))
+    else:
+        params = cache.params
+    out = (images, labels, np.swapaxes(params, 0, 1))
+    if cache is None:
+        return out
     if len(images) != cache.num_examples:
         raise ValueError(f"teacher cache has {cache.num_examples} examples, data has {len(images)}")
-    emb = np.swapaxes(cache.embedding, 0, 1)  # (N, V, D)
-    if augment == "flip" and emb.shape[1] < 2:
-        raise ValueError("augment 'flip' needs a cache built with variants ('none', 'flip')")
-    if cache.logits is None:
-        return images, labels, emb
-    return images, labels, emb, np.swapaxes(cache.logits, 0, 1)
+    out += (np.swapaxes(cache.embedding, 0, 1),)
+    if cache.logits is not None:
+        out += (np.swapaxes(cache.logits, 0, 1),)
+    return out
 
 
-def _step_indexed_stream(n, batch_size, seed, start_step):
-    """Endless (epoch, example index) pairs from global step `start_step` on."""
+def _step_indexed_stream(n, batch_size, seed, start_step, labelled=None, labelled_per_batch=0):
+    """Endless (epoch, example index) pairs from global step `start_step` on.
+
+    With `labelled_per_batch` = k > 0, every batch holds k examples drawn from
+    the `labelled` indices (a per-epoch permutation, cycled) and batch_size - k
+    from a permutation of all examples: the labelled few are oversampled.
+    """
     steps = n // batch_size
     if steps < 1:
-        raise ValueError(f"{n} examples make no full batch of {batch_size}")
+        raise ValueError(
+            f"{n} examples make no full batch of {batch_size}; lower --batch_size to at most {n}"
+        )
     per_epoch = steps * batch_size
+    k = int(labelled_per_batch)
+    if k:
+        lab = tf.constant(np.asarray(labelled, np.int64))
+        if len(labelled) < 1 or k >= batch_size:
+            raise ValueError(f"labelled_per_batch {k} needs labelled examples and < {batch_size}")
 
     def epoch(e):
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e])
-        )
+        key = tf.stack([tf.constant(seed, tf.int64), e])
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+        if k:
+            rest = tf.reshape(perm[: steps * (batch_size - k)], (steps, batch_size - k))
+            reps = -(-steps * k // len(labelled))
+            few = tf.random.experimental.stateless_shuffle(tf.tile(lab, [reps]), seed=key + 1)
+            perm = tf.reshape(tf.concat([tf.reshape(few[: steps * k], (steps, k)), rest], 1), [-1])
         return tf.data.Dataset.from_tensor_slices(
             tf.stack([tf.fill([per_epoch], e), perm[:per_epoch]], axis=1)
         )
@@ -275,11 +330,12 @@ def single_view_dataset(images, labels, *, size=None, batch_size=256, spec=None)
 
 
 def class_balanced_subset(labels, per_class, seed=0):
-    """Indices of a fixed class-balanced subset: `per_class` examples of each class."""
+    """Indices of a fixed class-balanced subset: `per_class` examples of each class
+    (unlabelled examples, label -1, are never picked)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     picks = []
-    for c in np.unique(labels):
+    for c in np.unique(labels[labels >= 0]):
         idx = np.flatnonzero(labels == c)
         if len(idx) < per_class:
             raise ValueError(f"class {c} has {len(idx)} examples, fewer than per_class={per_class}")

@@ -91,8 +91,11 @@ def read_manifest(tfr_dir):
         )
     with open(path) as f:
         manifest = json.load(f)
-    missing = [s["file"] for s in manifest["shards"]
-               if not os.path.exists(os.path.join(tfr_dir, s["file"]))]  # fmt: skip
+    missing = [
+        s["file"]
+        for s in manifest["shards"]
+        if not os.path.exists(os.path.join(tfr_dir, s["file"]))
+    ]
     if missing:
         raise DataError(f"{tfr_dir}: shard {missing[0]} is missing ({len(missing)} missing)")
     return manifest
@@ -132,8 +135,12 @@ def tfrecord_dataset(tfr_dir, size, channels=3, shuffle_files=False, seed=0, cyc
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
         ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length,
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # fmt: skip
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=cycle_length,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.int64),

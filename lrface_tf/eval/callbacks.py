@@ -24,8 +24,9 @@ class VerificationCallback(keras.callbacks.Callback):
         `student` attribute if any, else the model itself).
     """
 
-    def __init__(self, images_a, images_b, same, folds=None, model_fn=None, log_dir=None,
-                 batch_size=64):  # fmt: skip
+    def __init__(
+        self, images_a, images_b, same, folds=None, model_fn=None, log_dir=None, batch_size=64
+    ):
         super().__init__()
         self.images_a, self.images_b = images_a, images_b
         self.same = np.asarray(same, bool)

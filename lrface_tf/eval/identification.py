@@ -82,12 +82,18 @@ def linear_probe(
     xs = _normalize(test_embeddings).astype(np.float32)
     yt, ys = np.searchsorted(classes, train_ids), np.searchsorted(classes, test_ids)
     keras.utils.set_random_seed(seed)
-    probe = keras.Sequential([
-        keras.Input((xt.shape[1],)),
-        keras.layers.Dense(len(classes), kernel_regularizer=keras.regularizers.L2(weight_decay)),
-    ])  # fmt: skip
-    probe.compile(keras.optimizers.Adam(learning_rate),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    probe = keras.Sequential(
+        [
+            keras.Input((xt.shape[1],)),
+            keras.layers.Dense(
+                len(classes), kernel_regularizer=keras.regularizers.L2(weight_decay)
+            ),
+        ]
+    )
+    probe.compile(
+        keras.optimizers.Adam(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     # Small splits get at least `min_steps` updates (100 epochs of 3 batches underfit).
     epochs = max(epochs, -(-min_steps // -(-len(xt) // batch_size)))
     probe.fit(xt, yt, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)

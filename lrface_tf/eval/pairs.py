@@ -9,26 +9,55 @@ model's input size (area). Each condition gets its own K-fold thresholds.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from lrface_tf.data.datasets import lfw_pairs
 from lrface_tf.eval.embeddings import extract_embeddings
 from lrface_tf.eval.verification import cosine_scores, roc_curve, verification_report
 
-SIDES = ("probe", "both")
+SIDES = ("probe", "both", "cross")
 
 
-def load_images(paths, size=112):
-    """Decode image files to uint8 `(N, size, size, 3)` (area resize), in order."""
+def load_images(paths, size=112, channels=3, progress=False):
+    """Decode image files of any supported format to uint8 `(N, size, size, C)`, in order.
+
+    Each file is read by `lrface_tf.data.images.read_image` (JPEG, PNG, BMP, GIF,
+    PGM/PPM/PBM, TIFF, WEBP; grayscale becomes RGB), then area-resized to `size` in
+    float [0, 1] and rounded, as the tf.data pipelines do. A file that cannot be
+    read raises `DataError` naming it and what to do.
+    """
+    import concurrent.futures
+
+    import keras
+
+    from lrface_tf.data.images import read_image
+
+    paths = list(paths)
+    out = np.empty((len(paths), size, size, channels), np.uint8)
+    bar = keras.utils.Progbar(len(paths), verbose=1 if progress else 0, unit_name="image")
+
+    def load(i):  # resized on the worker: memory stays at a few full-size images
+        out[i] = _resize_area(read_image(paths[i], channels)[None], size)[0]
+
+    workers, step = min(8, os.cpu_count() or 1), 256
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(paths), step):
+            done = list(pool.map(load, range(start, min(start + step, len(paths)))))
+            bar.add(len(done))
+    return out
+
+
+def _resize_area(images, size):
+    """uint8 `(N, H, W, C)` -> uint8 `(N, size, size, C)`: area resize in float [0, 1]."""
     import tensorflow as tf
 
-    from lrface_tf.data.datasets import decode_image_file
-
-    ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(
-        lambda p: decode_image_file(p, size), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    images = np.concatenate([np.asarray(b) for b in ds.batch(256)])
-    return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+    if images.shape[1:3] == (size, size):
+        return images
+    x = tf.image.convert_image_dtype(images, tf.float32)
+    x = tf.image.resize(x, (size, size), method="area")
+    return np.clip(np.round(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
 
 
 def load_pair_images(pairs_path, root, size=112, ext=".jpg"):
@@ -86,40 +115,70 @@ def _embed(model, x, flip_fusion, batch_size):
     return e
 
 
-def evaluate_pairs(model, data, probe_size=None, side="probe", kernel="area",
-                   upsample_kernel="bilinear", flip_fusion=False, batch_size=64,
-                   cache=None):  # fmt: skip
+def evaluate_pairs(
+    model,
+    data,
+    probe_size=None,
+    side="probe",
+    kernel="area",
+    upsample_kernel="bilinear",
+    flip_fusion=False,
+    batch_size=64,
+    cache=None,
+    gallery_model=None,
+):
     """Verification report of one model under one degradation condition.
 
     Args:
       data: the dict of `load_pair_images`.
       probe_size: None (full resolution) or the LR size in pixels.
-      side: "probe" (second image degraded) or "both".
-      cache: optional dict reused across calls for the same model and data: the
-        embeddings of each (side of the pair, size) condition are computed once.
+      side: "probe" (the second image of each pair degraded: an HR gallery vs an
+        LR probe, both embedded by `model`), "both" (both degraded), or "cross"
+        (the cross-model protocol: the gallery image embedded at full resolution
+        by `gallery_model`, e.g. the teacher, the LR probe by `model`; their
+        embeddings must share a space, as a student distilled into the
+        teacher's embedding space does).
+      cache: optional dict reused across calls for the same models and data: the
+        embeddings of each (model, side of the pair, size) condition are computed once.
 
     Returns:
       `verification_report` dict plus the condition, and "roc" (fpr, tpr) lists.
     """
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if side == "cross" and gallery_model is None:
+        raise ValueError("side 'cross' needs gallery_model (the model of the HR gallery)")
     size = model_input_size(model)
     cache = {} if cache is None else cache
 
-    def embed(which, degrade_to):
-        key = (id(model), which, degrade_to, kernel, upsample_kernel, flip_fusion)
+    def embed(net, which, degrade_to):
+        key = (id(net), which, degrade_to, kernel, upsample_kernel, flip_fusion)
         if key not in cache:
-            x = prepare(data[which], size, degrade_to, kernel, upsample_kernel)
-            cache[key] = _embed(model, x, flip_fusion, batch_size)
+            x = prepare(data[which], model_input_size(net), degrade_to, kernel, upsample_kernel)
+            cache[key] = _embed(net, x, flip_fusion, batch_size)
         return cache[key]
 
-    ea = embed("images_a", probe_size if side == "both" else None)
-    scores = cosine_scores(ea, embed("images_b", probe_size))
+    gallery = gallery_model if side == "cross" else model
+    ea = embed(gallery, "images_a", probe_size if side == "both" else None)
+    eb = embed(model, "images_b", probe_size)
+    if ea.shape[1] != eb.shape[1]:
+        raise ValueError(
+            f"the gallery model gives {ea.shape[1]}-d embeddings and the probe model "
+            f"{eb.shape[1]}-d; the cross-model protocol needs one embedding space"
+        )
+    scores = cosine_scores(ea, eb)
     report = verification_report(scores, data["same"], data["folds"])
     fpr, tpr, _ = roc_curve(scores, data["same"])
-    report.update({
-        "probe_size": probe_size or data["images_b"].shape[1], "side": side,
-        "kernel": kernel, "upsample_kernel": upsample_kernel, "flip_fusion": flip_fusion,
-        "input_size": size, "scores": scores.tolist(), "roc": [fpr.tolist(), tpr.tolist()],
-    })  # fmt: skip
+    report.update(
+        {
+            "probe_size": probe_size or data["images_b"].shape[1],
+            "side": side,
+            "kernel": kernel,
+            "upsample_kernel": upsample_kernel,
+            "flip_fusion": flip_fusion,
+            "input_size": size,
+            "scores": scores.tolist(),
+            "roc": [fpr.tolist(), tpr.tolist()],
+        }
+    )
     return report

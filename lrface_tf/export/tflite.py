@@ -19,8 +19,9 @@ from lrface_tf.export.savedmodel import export_savedmodel
 QUANTIZATIONS = ("float32", "dynamic_range", "int8")
 
 
-def convert_tflite(model, path, quantization="float32", representative_images=None,
-                   saved_model_dir=None):  # fmt: skip
+def convert_tflite(
+    model, path, quantization="float32", representative_images=None, saved_model_dir=None
+):
     """Convert a Keras model to a `.tflite` file.
 
     Args:

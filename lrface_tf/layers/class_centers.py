@@ -47,13 +47,19 @@ class ClassCenters(layers.Layer):
     def build(self, input_shape):
         dim = input_shape[-1]
         self.centers = self.add_weight(
-            name="centers", shape=(self.num_classes, dim), initializer="zeros",
-            trainable=False, aggregation="only_first_replica",
-        )  # fmt: skip
+            name="centers",
+            shape=(self.num_classes, dim),
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
         self.counts = self.add_weight(
-            name="counts", shape=(self.num_classes,), initializer="zeros",
-            trainable=False, aggregation="only_first_replica",
-        )  # fmt: skip
+            name="counts",
+            shape=(self.num_classes,),
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
 
     def call(self, embeddings, labels):
         emb = gather_replicas(ops.stop_gradient(ops.cast(embeddings, "float32")))

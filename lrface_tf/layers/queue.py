@@ -30,13 +30,16 @@ class EmbeddingQueue(layers.Layer):
 
     def build(self, input_shape):
         kw = {"trainable": False, "aggregation": "only_first_replica"}
-        self.keys = self.add_weight(name="keys", shape=(self.size, input_shape[-1]),
-                                    initializer="zeros", **kw)  # fmt: skip
-        self.labels = self.add_weight(name="labels", shape=(self.size,), initializer="zeros",
-                                      dtype="int32", **kw)  # fmt: skip
+        self.keys = self.add_weight(
+            name="keys", shape=(self.size, input_shape[-1]), initializer="zeros", **kw
+        )
+        self.labels = self.add_weight(
+            name="labels", shape=(self.size,), initializer="zeros", dtype="int32", **kw
+        )
         self.head = self.add_weight(name="head", shape=(), initializer="zeros", dtype="int32", **kw)
-        self.filled = self.add_weight(name="filled", shape=(), initializer="zeros",
-                                      dtype="int32", **kw)  # fmt: skip
+        self.filled = self.add_weight(
+            name="filled", shape=(), initializer="zeros", dtype="int32", **kw
+        )
 
     @property
     def valid(self):

@@ -1,5 +1,8 @@
-"""Loss terms: `keras.losses.Loss` subclasses called as `loss(teacher, student)`."""
+"""Loss terms. Distillation terms share one interface (`DistillationLoss`):
+`term(teacher, student, labels, training=...)` -> per-anchor values. The task
+losses on the student's logits are `keras.losses.Loss` subclasses."""
 
+from lrface_tf.losses.base import DistillationLoss, LossTerm, as_term
 from lrface_tf.losses.class_center import ClassCenterLoss
 from lrface_tf.losses.classification import MarginCrossEntropy, MaskedCrossEntropy
 from lrface_tf.losses.contrastive import CRRCDLoss, RelationModule
@@ -10,13 +13,16 @@ from lrface_tf.losses.rkd import RKDAngleLoss, RKDDistanceLoss
 
 __all__ = [
     "CRRCDLoss",
-    "RelationModule",
     "ClassCenterLoss",
+    "DistillationLoss",
     "FeatureLoss",
     "KDLoss",
+    "LossTerm",
     "MKMMDLoss",
     "MarginCrossEntropy",
     "MaskedCrossEntropy",
     "RKDAngleLoss",
     "RKDDistanceLoss",
+    "RelationModule",
+    "as_term",
 ]

@@ -25,7 +25,11 @@ def gather_replicas(x, axis=0):
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return x
-    return ctx.all_gather(x, axis=axis)
+    out = ctx.all_gather(x, axis=axis)
+    if axis == 0 and x.shape.rank and x.shape[0] is not None:
+        # The gathered batch is static when the local one is (chunked terms need it).
+        out = tf.ensure_shape(out, [x.shape[0] * ctx.num_replicas_in_sync, *x.shape[1:]])
+    return out
 
 
 def scale_for_replicas(value):

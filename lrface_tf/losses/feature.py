@@ -6,41 +6,44 @@ import keras
 from keras import ops
 
 from lrface_tf.losses._ops import l2_normalize
+from lrface_tf.losses.base import DistillationLoss
+
+NORMS = ("l1", "l2")
 
 
 @keras.saving.register_keras_serializable(package="lrface_tf")
-class FeatureLoss(keras.losses.Loss):
+class FeatureLoss(DistillationLoss):
     """Point-wise distance between teacher and student embeddings.
 
-    HORKD Eq. 2 (1-order, L1) and KD_im Eq. 6 (L2 on normalised features).
-    Per example: sum_d |t - s| ("l1") or sum_d (t - s)^2 ("l2"); with
-    `normalize=True` both embeddings are L2-normalised first (then "l2" equals
-    2 - 2 cos). Embedding sizes must match: the Distiller inserts a learned
-    projection on the student side when they differ.
+    HORKD Eq. 2 (1-order, L1 on the raw embeddings) and KD_im Eq. 6 (L2 on
+    L2-normalised embeddings, which equals 2 - 2 cos). Per example:
+    sum_d |t - s| ("l1") or sum_d (t - s)^2 ("l2"). When the sizes differ, a
+    learned projection maps the student embedding to the teacher's size.
+
+    Args:
+      norm: "l1" or "l2".
+      normalize: L2-normalise both embeddings first.
 
     Call arguments:
-      y_true: teacher embeddings `(B, D)` (gradient stopped).
-      y_pred: student embeddings `(B, D)`.
+      teacher: `(B, Dt)` embeddings (gradient stopped); student: `(B, Ds)`.
 
     Returns:
       `(B,)` per-example values.
     """
 
-    needs_same_dim = True
+    needs_projection = True
 
     def __init__(self, norm="l1", normalize=False, name="feature", **kwargs):
         super().__init__(name=name, **kwargs)
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"FeatureLoss norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
         self.normalize = bool(normalize)
 
-    def call(self, y_true, y_pred):
-        t = ops.stop_gradient(ops.convert_to_tensor(y_true))
-        s = ops.convert_to_tensor(y_pred)
+    def compute(self, teacher, student, labels, training):
         if self.normalize:
-            t, s = l2_normalize(t), l2_normalize(s)
-        d = t - s
+            teacher, student = l2_normalize(teacher), l2_normalize(student)
+        d = teacher - student
         return ops.sum(ops.abs(d) if self.norm == "l1" else ops.square(d), axis=-1)
 
     def get_config(self):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from lrface_tf.losses.base import DistillationLoss
+from lrface_tf.validation import check_positive
+
 
 @keras.saving.register_keras_serializable(package="lrface_tf")
-class KDLoss(keras.losses.Loss):
+class KDLoss(DistillationLoss):
     """KL(teacher || student) on temperature-softened logits, times T^2.
 
     Hinton et al. 2015; the soft term of KD_im (Eq. 9) and CRRCD (Eq. 12).
@@ -19,27 +22,23 @@ class KDLoss(keras.losses.Loss):
       temperature: T > 0.
 
     Call arguments:
-      y_true: teacher logits `(B, C)` (gradient stopped).
-      y_pred: student logits `(B, C)`.
+      teacher: teacher logits `(B, C)` (gradient stopped).
+      student: student logits `(B, C)`.
 
     Returns:
-      `(B,)` per-example values (Keras reduces them).
+      `(B,)` per-example values.
 
     Example:
-      >>> KDLoss(4.0)(teacher_logits, student_logits)
+      >>> KDLoss(4.0)(teacher_logits, student_logits)   # (B,)
     """
 
     def __init__(self, temperature=4.0, name="kd", **kwargs):
         super().__init__(name=name, **kwargs)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = check_positive("KDLoss temperature", temperature)
 
-    def call(self, y_true, y_pred):
-        t = ops.stop_gradient(ops.convert_to_tensor(y_true)) / self.temperature
-        s = ops.convert_to_tensor(y_pred) / self.temperature
-        log_pt = ops.log_softmax(t, axis=-1)
-        log_ps = ops.log_softmax(s, axis=-1)
+    def compute(self, teacher, student, labels, training):
+        log_pt = ops.log_softmax(teacher / self.temperature, axis=-1)
+        log_ps = ops.log_softmax(student / self.temperature, axis=-1)
         kl = ops.sum(ops.exp(log_pt) * (log_pt - log_ps), axis=-1)
         return kl * (self.temperature**2)
 

@@ -12,7 +12,9 @@ import tensorflow as tf
 from keras import ops
 
 from lrface_tf.losses._ops import EPS, huber, l2_normalize, safe_distances
+from lrface_tf.losses.base import DistillationLoss
 from lrface_tf.losses.distribute import gather_replicas
+from lrface_tf.validation import check_int, check_positive
 
 
 def _normalized_distances(x):
@@ -23,7 +25,7 @@ def _normalized_distances(x):
 
 
 @keras.saving.register_keras_serializable(package="lrface_tf")
-class RKDDistanceLoss(keras.losses.Loss):
+class RKDDistanceLoss(DistillationLoss):
     """RKD distance (2-order): Huber between mean-normalised pairwise distances.
 
     psi(x_i, x_j) = ||x_i - x_j||_2 / mu, mu = mean off-diagonal distance of the
@@ -31,8 +33,8 @@ class RKDDistanceLoss(keras.losses.Loss):
     all B x B entries (HORKD Eq. 3). Scale invariant; exactly 0 at batch 2.
 
     Call arguments:
-      y_true: teacher embeddings `(B, Dt)` (gradient stopped).
-      y_pred: student embeddings `(B, Ds)`; Ds may differ from Dt.
+      teacher: teacher embeddings `(B, Dt)` (gradient stopped).
+      student: student embeddings `(B, Ds)`; Ds may differ from Dt.
 
     Returns:
       `(B_global,)`: row means of the Huber matrix over the gathered batch.
@@ -40,11 +42,10 @@ class RKDDistanceLoss(keras.losses.Loss):
 
     def __init__(self, delta=1.0, name="rkd_distance", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.delta = float(delta)
+        self.delta = check_positive("RKDDistanceLoss delta", delta)
 
-    def call(self, y_true, y_pred):
-        t = gather_replicas(ops.stop_gradient(ops.convert_to_tensor(y_true)))
-        s = gather_replicas(ops.convert_to_tensor(y_pred))
+    def compute(self, teacher, student, labels, training):
+        t, s = gather_replicas(teacher), gather_replicas(student)
         diff = _normalized_distances(ops.stop_gradient(t)) - _normalized_distances(s)
         return ops.mean(huber(diff, self.delta), axis=-1)
 
@@ -60,7 +61,7 @@ def _angles(x, anchors):
 
 
 @keras.saving.register_keras_serializable(package="lrface_tf")
-class RKDAngleLoss(keras.losses.Loss):
+class RKDAngleLoss(DistillationLoss):
     """RKD angle (3-order): Huber between triplet angle cosines.
 
     For every triplet (i, j, k): cos of the angle at j between f_i - f_j and
@@ -80,27 +81,28 @@ class RKDAngleLoss(keras.losses.Loss):
     both sides. Scale invariant.
 
     Call arguments:
-      y_true: teacher embeddings `(B, Dt)`; y_pred: student `(B, Ds)`.
+      teacher: teacher embeddings `(B, Dt)`; student: student `(B, Ds)`.
 
     Returns:
       `(A,)` per-anchor means over the (i, k) plane (A = B_global or num_anchors).
     """
 
-    def __init__(self, delta=1.0, chunk_size=None, num_anchors=None, seed=None,
-                 name="rkd_angle", **kwargs):  # fmt: skip
+    def __init__(
+        self, delta=1.0, chunk_size=None, num_anchors=None, seed=None, name="rkd_angle", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
-        self.delta = float(delta)
-        self.chunk_size = chunk_size
-        self.num_anchors = num_anchors
+        self.delta = check_positive("RKDAngleLoss delta", delta)
+        self.chunk_size = check_int("RKDAngleLoss chunk_size", chunk_size, 1, allow_none=True)
+        self.num_anchors = check_int("RKDAngleLoss num_anchors", num_anchors, 1, allow_none=True)
         self.seed = seed
 
     def _per_anchor(self, t, s, anchors):
         diff = _angles(t, anchors) - _angles(s, anchors)
         return ops.mean(huber(diff, self.delta), axis=(1, 2))
 
-    def call(self, y_true, y_pred):
-        t = ops.stop_gradient(gather_replicas(ops.convert_to_tensor(y_true)))
-        s = gather_replicas(ops.convert_to_tensor(y_pred))
+    def compute(self, teacher, student, labels, training):
+        t = ops.stop_gradient(gather_replicas(teacher))
+        s = gather_replicas(student)
         b = ops.shape(s)[0]
         if self.num_anchors:
             anchors = tf.random.shuffle(tf.range(b), seed=self.seed)[: self.num_anchors]

@@ -63,7 +63,7 @@ def embedding_model(recognizer):
     )
 
 
-def copy_weights_by_name(source, target):
+def copy_weights_by_name(source, target, optional=("logits",)):
     """Copy weights layer by layer, matching layer names (recursing into nested models).
 
     Used to start a low-resolution student from a high-resolution assistant of
@@ -71,18 +71,29 @@ def copy_weights_by_name(source, target):
     the layer order of a functional graph can differ with the input size
     (stride-2 padding layers appear only where a stage downsamples).
 
+    Layers named in `optional` (the classification head) are copied when the
+    source has them with the same shapes, and skipped otherwise.
+
     Returns:
-      number of layers copied; raises if a weighted layer of `target` has no
-      counterpart in `source`.
+      number of layers copied; raises if any other weighted layer of `target`
+      has no counterpart in `source`, or a counterpart of another shape.
     """
     src = {layer.name: layer for layer in _weighted_layers(source)}
     copied = 0
     for layer in _weighted_layers(target):
-        if layer.name not in src:
+        theirs = src.get(layer.name)
+        same = theirs is not None and [w.shape for w in theirs.weights] == [
+            w.shape for w in layer.weights
+        ]
+        if not same:
+            if layer.name in optional:
+                continue
+            why = "no layer" if theirs is None else "a layer of another shape"
             raise ValueError(
-                f"{source.name} has no layer {layer.name!r} to copy into {target.name}"
+                f"{source.name} has {why} {layer.name!r} to copy into {target.name}; "
+                "initialise from a model of the same architecture"
             )
-        layer.set_weights(src[layer.name].get_weights())
+        layer.set_weights(theirs.get_weights())
         copied += 1
     return copied
 

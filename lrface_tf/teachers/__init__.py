@@ -1,6 +1,6 @@
 """Pretrained high-resolution teachers: name -> builder. `build_teacher("sface")`."""
 
-from lrface_tf.teachers.heads import add_head_logits, class_means, with_class_mean_head
+from lrface_tf.teachers.heads import class_means, with_class_mean_head
 from lrface_tf.teachers.sface import (
     SFACE_SHA256,
     build_sface,
@@ -22,7 +22,6 @@ def build_teacher(name, **kwargs):
 __all__ = [
     "SFACE_SHA256",
     "TEACHERS",
-    "add_head_logits",
     "class_means",
     "with_class_mean_head",
     "build_sface",

@@ -63,16 +63,3 @@ def with_class_mean_head(teacher, embeddings, labels, num_classes, scale=16.0):
     model = keras.Model(image, {"embedding": emb, "logits": logits}, name=f"{teacher.name}_cm")
     model.trainable = False
     return model
-
-
-def add_head_logits(cache, teacher_with_head, images, hr_size=None):
-    """A `TeacherCache` of `teacher_with_head` from an embedding-only cache of its
-    teacher, without running the network again: logits = head(cached embeddings)."""
-    import dataclasses
-
-    from lrface_tf.data.teacher_cache import fingerprint
-
-    head = teacher_with_head.get_layer(HEAD_NAME)
-    logits = np.stack([np.asarray(head(e)) for e in cache.embedding])
-    fp = fingerprint(teacher_with_head, images, cache.variants, hr_size)
-    return dataclasses.replace(cache, logits=logits, fingerprint=fp)

@@ -149,8 +149,9 @@ def sface(name="sface"):
     """
     size = SFACE_INPUT_SIZE
     image = keras.Input((size, size, 3), name="image")
-    x = layers.Rescaling(255.0 * _PIXEL_SCALE, offset=-_PIXEL_MEAN * _PIXEL_SCALE,
-                         name="normalize")(image)  # fmt: skip
+    x = layers.Rescaling(
+        255.0 * _PIXEL_SCALE, offset=-_PIXEL_MEAN * _PIXEL_SCALE, name="normalize"
+    )(image)
     x = _conv_bn_prelu(x, "conv_1", 3, 1, _STEM_FILTERS)
     for i, (filters, stride) in enumerate(_BLOCKS, start=2):
         x = _conv_bn_prelu(x, f"conv_{i}_dw", 3, stride)
@@ -242,8 +243,9 @@ class _OnnxConstants:
         attrs = _attributes(node)
         if node.op_type == "DequantizeLinear":
             args = [self(x) if x else None for x in node.input] + [None] * 2
-            return _dequantize(args[0], args[1], args[2], attrs.get("axis", 1),
-                               attrs.get("block_size", 0))  # fmt: skip
+            return _dequantize(
+                args[0], args[1], args[2], attrs.get("axis", 1), attrs.get("block_size", 0)
+            )
         if node.op_type == "Reshape":
             return self(node.input[0]).reshape(self(node.input[1]))
         if node.op_type == "Constant":
@@ -283,8 +285,10 @@ def _batchnorm_weights(node, const, model):
     layer = model.get_layer(_RENAMED.get(node.name, node.name))
     eps = _attributes(node).get("epsilon", 1e-5)
     if not np.isclose(eps, layer.epsilon, rtol=1e-6):
-        raise ValueError(f"ONNX BatchNormalization {node.name} has epsilon {eps}, "
-                         f"the Keras SFace {layer.epsilon}")  # fmt: skip
+        raise ValueError(
+            f"ONNX BatchNormalization {node.name} has epsilon {eps}, "
+            f"the Keras SFace {layer.epsilon}"
+        )
     return [const(x) for x in node.input[1:5]]  # gamma, beta, mean, var: Keras' order
 
 
@@ -338,8 +342,10 @@ def load_sface_onnx_weights(model, path):
         if node.op_type in _NORMALISATION:
             value = float(np.ravel(const(node.input[1]))[0])
             if not np.isclose(value, _NORMALISATION[node.op_type]):
-                raise ValueError(f"ONNX input normalisation {node.op_type} by {value}, the "
-                                 f"Keras SFace assumes {_NORMALISATION[node.op_type]}")  # fmt: skip
+                raise ValueError(
+                    f"ONNX input normalisation {node.op_type} by {value}, the "
+                    f"Keras SFace assumes {_NORMALISATION[node.op_type]}"
+                )
         if node.op_type not in _WEIGHT_CONVERTERS:
             continue
         layer_name = _RENAMED.get(node.name, node.name)
@@ -348,8 +354,10 @@ def load_sface_onnx_weights(model, path):
         shapes = [tuple(v.shape) for v in layer.weights]
         if shapes != [tuple(w.shape) for w in weights]:
             got = [tuple(w.shape) for w in weights]
-            raise ValueError(f"ONNX {node.op_type} {node.name} gives weights of shapes {got}, "
-                             f"layer {layer_name} has {shapes}")  # fmt: skip
+            raise ValueError(
+                f"ONNX {node.op_type} {node.name} gives weights of shapes {got}, "
+                f"layer {layer_name} has {shapes}"
+            )
         layer.set_weights([np.asarray(w, np.float32) for w in weights])
         filled.add(layer_name)
     unfilled = {layer.name for layer in model.layers if layer.weights} - filled
@@ -377,8 +385,9 @@ def onnx_reference_embeddings(images_uint8_rgb_112, path=None):
     images = np.asarray(images_uint8_rgb_112)
     size = SFACE_INPUT_SIZE
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-        raise ValueError(f"images must be uint8 (N, {size}, {size}, 3) RGB, "
-                         f"got {images.dtype} {images.shape}")  # fmt: skip
+        raise ValueError(
+            f"images must be uint8 (N, {size}, {size}, 3) RGB, got {images.dtype} {images.shape}"
+        )
     proto = onnx.load(str(path or sface_model_path()))
     graph = proto.graph
     initializers = {t.name for t in graph.initializer}

@@ -1,0 +1,152 @@
+"""What every benchmark shares: run flagfiles x seeds through the apps, collect their records.
+
+A benchmark builds and trains nothing itself. It lists rows, each one flagfile
+under configs/, runs
+
+    python -m apps.<app> --flagfile=<row> --seed=<s> --output_dir=<runs>/<row>/seed<s>
+
+for every seed (a run whose metrics.json exists is done and is not rerun, so an
+interrupted benchmark continues where it stopped), reads each run's
+metrics.json (and whatever else the benchmark asks the apps to write), and
+writes bench/results/<name>.json (rows of plain fields, the commands, the date)
+and <name>.md. With --update_headers it writes each row's measured result into
+the "# result:" line of its flagfile, so a flagfile says what it produced here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One table row: a flagfile run by an app.
+
+    Attributes:
+      name: the row's name in the tables.
+      flagfile: path under configs/.
+      app: the app that runs it ("distill", "train_teacher").
+      fixed: run once (seed 0) into the flagfile's own --output_dir, because
+        other rows read its output (a teacher, a fine-tuned teacher).
+    """
+
+    name: str
+    flagfile: str
+    app: str = "distill"
+    fixed: bool = False
+
+
+def run_app(app, args, log_path, env=None):
+    """`python -m apps.<app> <args>` from the repo root, output appended to `log_path`.
+
+    Returns the command as a string; raises `RuntimeError` naming the log on failure.
+    """
+    cmd = [sys.executable, "-m", f"apps.{app}", *args]
+    shown = " ".join(["python", "-m", f"apps.{app}", *args])
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {shown}\n")
+        log.flush()
+        full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shown} failed (exit {proc.returncode}); see {log_path}")
+    return shown
+
+
+def run_dir(runs, row, seed):
+    """The folder of one run: the flagfile's own --output_dir for a fixed row."""
+    if row.fixed:
+        return flag_value(row.flagfile, "output_dir")
+    return os.path.join(runs, row.name, f"seed{seed}")
+
+
+def run_rows(rows, seeds, runs, log_path, extra=(), env=None):
+    """Run every row for every seed (fixed rows once); yields (row, seed, folder, command)."""
+    for row in rows:
+        for seed in [0] if row.fixed else seeds:
+            folder = run_dir(runs, row, seed)
+            args = [f"--flagfile={row.flagfile}", *extra]
+            if not row.fixed:
+                args += [f"--seed={seed}", f"--output_dir={folder}"]
+            shown = " ".join(["python", "-m", f"apps.{row.app}", *args])
+            if not os.path.exists(os.path.join(ROOT, folder, "metrics.json")):
+                print(f"--- {row.name} seed {seed}: {shown}", flush=True)
+                t0 = time.perf_counter()
+                run_app(row.app, args, log_path, env)
+                print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
+            yield row, seed, folder, shown
+
+
+def read_json(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return json.load(f)
+
+
+def flag_value(flagfile, name):
+    """The value a flagfile (following nested flagfiles) gives `--name`; the last one wins."""
+    value = None
+    with open(os.path.join(ROOT, flagfile)) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--flagfile="):
+                inner = flag_value(line.split("=", 1)[1], name)
+                value = inner if inner is not None else value
+            elif line.startswith(f"--{name}="):
+                value = line.split("=", 1)[1]
+    return value
+
+
+def mean_std(values):
+    """(mean, sample std) of a list; std 0 for one value."""
+    v = np.asarray(values, float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def fmt(values, scale=100.0, digits=2):
+    """ "mean +- std" of a list of fractions, as percentages."""
+    m, s = mean_std([scale * v for v in values])
+    return f"{m:.{digits}f} +- {s:.{digits}f}"
+
+
+def write_results(name, rows, commands, markdown, **extra):
+    """bench/results/<name>.json (rows, commands, date, extra fields) and <name>.md."""
+    sys.path.insert(0, ROOT)
+    from lrface_tf.export import write_json, write_text
+
+    record = {
+        "name": name,
+        "date": datetime.date.today().isoformat(),
+        "rows": rows,
+        "commands": sorted(set(commands)),
+        **extra,
+    }
+    write_json(os.path.join(RESULTS, f"{name}.json"), record)
+    write_text(os.path.join(RESULTS, f"{name}.md"), markdown)
+    print(markdown)
+
+
+def update_header(flagfile, result):
+    """Replace the flagfile's "# result:" line with `result` (one line)."""
+    path = os.path.join(ROOT, flagfile)
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("# result:"):
+            lines[i] = f"# result: {result}"
+            break
+    else:
+        lines.insert(1, f"# result: {result}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")

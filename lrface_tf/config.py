@@ -1,0 +1,231 @@
+"""Frozen configuration of a run: what the apps build from their flags, and what user
+code can build directly. Every value is checked here, where it is given.
+
+    DistillConfig(
+        data=DataConfig("identity_folder", ("faces/",), image_size=112),
+        spec=DegradationSpec("area", (16,)),
+        student=ModelConfig("mobilefacenet16", 16),
+        teacher="saved_models/sface/teacher.keras", teacher_head="class_mean",
+        method="feature", hyperparameters={"task_weight": 0.0},
+        train=TrainConfig(epochs=30, batch_size=128),
+        output_dir="saved_models/faces_lr16",
+    )
+
+`lrface_tf.experiment.distill(config)` runs it; `to_dict()` is the resolved
+configuration written next to every run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lrface_tf.data.degrade import DegradationSpec
+from lrface_tf.data.sources import DataConfig
+from lrface_tf.data.views import ViewSpec
+from lrface_tf.validation import check_int, check_positive
+
+HEADS = ("softmax", "arcface", "cosface", "none")
+TEACHER_HEADS = ("own", "class_mean")
+INIT_FROM = ("none", "teacher", "assistant")
+STAGES = ("direct", "two_stage")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A recognizer: backbone, its input size and width, the embedding and the head.
+
+    `backbone="teacher"` makes a copy of the teacher's own network (the
+    teacher-sized student of an LR fine-tune); its weights come from
+    `init_from="teacher"`. `head="none"` builds an embedding-only model (for
+    label-free distillation); `freeze_batchnorm` keeps BatchNorm statistics and
+    scales fixed (fine-tuning a pretrained network on a small set).
+    """
+
+    backbone: str = "resnet8"
+    input_size: int = 7
+    width: float = 1.0
+    embedding_dim: int = 64
+    head: str = "softmax"
+    margin_scale: float = 32.0
+    margin: float = 0.5
+    freeze_batchnorm: bool = False
+
+    def __post_init__(self):
+        check_int("input size", self.input_size, 4)
+        check_positive("width multiplier", self.width)
+        check_int("embedding_dim", self.embedding_dim, 1)
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}: use one of {', '.join(HEADS)}")
+        check_positive("margin_scale", self.margin_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and execution of one training stage."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"
+    lr_step_epochs: tuple = ()
+    weight_decay: float = 0.0
+    seed: int = 0
+    verbose: int = 2
+    sync_batchnorm: bool = False
+    jit_compile: bool = False
+    precision: str = "float32"
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_positive("learning_rate", self.learning_rate)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
+            )
+        object.__setattr__(self, "lr_step_epochs", tuple(int(e) for e in self.lr_step_epochs))
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """HORKD's two-stage transfer (Sec. 3.3): teacher -> assistant -> student.
+
+    Stage 1 distils the teacher into the assistant (its own backbone, width and
+    input size; it sees the HR image resized to its size); stage 2 distils the
+    frozen assistant into the student, which starts from the assistant's (or the
+    teacher's) weights by layer name when `init_from` says so. Each stage has its
+    own folder, resumes when interrupted and is skipped when done.
+    """
+
+    stages: str = "direct"
+    assistant: ModelConfig | None = None
+    assistant_epochs: int = 0
+    init_from: str = "none"
+
+    def __post_init__(self):
+        if self.stages not in STAGES:
+            raise ValueError(f"unknown stages {self.stages!r}: use one of {', '.join(STAGES)}")
+        if self.init_from not in INIT_FROM:
+            raise ValueError(f"unknown init_from {self.init_from!r}: use {', '.join(INIT_FROM)}")
+        if self.stages == "two_stage" and self.assistant is None:
+            raise ValueError("two_stage needs an assistant ModelConfig")
+        if self.init_from == "assistant" and self.stages != "two_stage":
+            raise ValueError("--init_from=assistant needs --stages=two_stage")
+        check_int("assistant_epochs", self.assistant_epochs, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Everything one `apps.distill` run does (see the module docstring).
+
+    Attributes:
+      data: the training data.
+      spec: how the student's LR view is made from the HR view.
+      student: the student network.
+      teacher: path of the frozen teacher (.keras); None for a student alone.
+      teacher_head: "own" (the teacher's logits, if any) or "class_mean" (an
+        embedding-only teacher gets a cosine head on its class means over the
+        training classes, fitted in closed form; `lrface_tf.teachers`).
+      teacher_head_scale: the scale s of that head.
+      method: a name of `lrface_tf.methods.METHODS`.
+      hyperparameters: overrides of the method's defaults (None: the default).
+      views: the K fixed augmented views per image (`lrface_tf.data.views`), or
+        None to use `augment`.
+      augment: per-step augmentation when there are no views.
+      teacher_cache: cache the frozen supervisor's outputs per image and view.
+      cache_dir: where caches are kept and shared across runs (by fingerprint).
+      cache_runtime: "keras" or "tflite" (LiteRT on every core; faster on CPUs).
+      stages: single or two-stage transfer.
+      train: optimisation; `assistant_train` overrides it for stage 1.
+      output_dir: the run folder.
+      val_pairs, val_image_root: optional verification pairs scored at the
+        student's size after training (validation; never the test pairs).
+    """
+
+    data: DataConfig
+    spec: DegradationSpec
+    student: ModelConfig
+    teacher: str | None = None
+    teacher_head: str = "own"
+    teacher_head_scale: float = 16.0
+    method: str = "baseline"
+    hyperparameters: dict = dataclasses.field(default_factory=dict)
+    views: ViewSpec | None = None
+    augment: str = "flip_crop"
+    teacher_cache: bool = False
+    cache_dir: str = "saved_models/cache"
+    cache_runtime: str = "keras"
+    stages: StageConfig = StageConfig()
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "saved_models/distill"
+    val_pairs: str | None = None
+    val_image_root: str | None = None
+
+    def __post_init__(self):
+        from lrface_tf.methods import get_method, resolve
+
+        method = get_method(self.method)
+        resolve(self.method, self.hyperparameters)  # unknown names stop here
+        if self.teacher_head not in TEACHER_HEADS:
+            raise ValueError(
+                f"unknown teacher_head {self.teacher_head!r}: use {', '.join(TEACHER_HEADS)}"
+            )
+        needs_teacher = (
+            method.needs_teacher
+            or self.stages.stages == "two_stage"
+            or self.stages.init_from == "teacher"
+        )
+        if needs_teacher and not self.teacher:
+            raise ValueError(
+                f"method {self.method} needs a teacher: pass --teacher=<path to teacher.keras>"
+            )
+        if self.stages.stages == "two_stage" and not method.needs_teacher:
+            raise ValueError("--stages=two_stage needs a distillation method, not baseline")
+        if self.student.backbone == "teacher" and self.stages.init_from != "teacher":
+            raise ValueError("--student_backbone=teacher needs --init_from=teacher")
+        if max(self.spec.sizes) > self.data.image_size:
+            raise ValueError(
+                f"LR sizes {list(self.spec.sizes)} exceed the HR size {self.data.image_size}; "
+                "lower --student_size / --lr_sizes or raise --teacher_size"
+            )
+        if self.spec.student_size != self.student.input_size:
+            raise ValueError(
+                f"the LR view is {self.spec.student_size} px but the student takes "
+                f"{self.student.input_size} px; set --student_input_size"
+            )
+        if self.teacher_cache and self.views is None and self.augment not in ("none", "flip"):
+            raise ValueError(
+                f"--teacher_cache needs --views or --augment=none/flip (got --augment="
+                f"{self.augment}): a random crop has no finite set of views to cache"
+            )
+        if (self.val_pairs is None) != (self.val_image_root is None):
+            raise ValueError("pass --val_pairs and --val_image_root together")
+
+    @property
+    def hyper(self):
+        """Every hyper-parameter value the method uses (defaults resolved)."""
+        from lrface_tf.methods import resolve
+
+        return resolve(self.method, self.hyperparameters)
+
+    @property
+    def effective_views(self):
+        """The views the data pipeline uses: `views`, or `augment` none/flip as 1/2 views
+        when the teacher is cached."""
+        if self.views is not None:
+            return self.views
+        if self.teacher_cache:
+            return ViewSpec(count=2 if self.augment == "flip" else 1)
+        return None
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["spec"] = self.spec.to_dict()
+        from lrface_tf.methods import used_hyperparameters
+
+        d["hyperparameters"] = used_hyperparameters(self.method, self.hyperparameters)
+        return d

@@ -1,0 +1,546 @@
+"""Run a distillation described by a `DistillConfig`: what `apps.distill` does, as a function.
+
+    result = distill(config)     # trains, evaluates, saves <output_dir>/student.keras
+
+One run, in order:
+
+1. the training data (`lrface_tf.data.sources`), checked to make full batches;
+2. the frozen teacher; an embedding-only teacher gets its class-mean head
+   (`teacher_head="class_mean"`), fitted on the training classes;
+3. the supervisor's cached outputs per image and view, when asked for
+   (`teacher_cache`), built once and shared across runs by fingerprint;
+4. the stages (`lrface_tf.stages`): direct (teacher -> student), or HORKD's
+   teacher -> assistant -> student, each in its own folder, resumed when
+   interrupted and skipped when done;
+5. evaluation: top-1 on a labelled test split, verification on validation pairs;
+6. the student saved as `student.keras` (the record is the caller's: see
+   `lrface_tf.runs.write_record`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lrface_tf.data.degrade import DegradationSpec
+
+
+def load_teacher(path, expected_size=None):
+    """Load a frozen teacher `.keras`; one-line errors name the file and what to do."""
+
+    import lrface_tf.layers  # noqa: F401  (registers custom objects)
+    import lrface_tf.losses  # noqa: F401
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"teacher {path} does not exist; train one with apps.train_teacher or build one "
+            "with apps.build_teacher"
+        )
+    model = load_keras_file(path, "teacher")
+    size = model.input_shape[1]
+    if expected_size is not None and size != expected_size:
+        raise ValueError(
+            f"teacher {path} takes {size}x{size} inputs but the HR images are "
+            f"{expected_size}x{expected_size}; set --teacher_size={size}"
+        )
+    model.trainable = False
+    return model
+
+
+def load_keras_file(path, what="model"):
+    """`keras.saving.load_model` with errors that say which file is broken and what to do."""
+    import zipfile
+
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{what} {path} is not a readable .keras file ({detail}); save it again "
+            "(model.save) or point at another file"
+        ) from None
+
+
+def embedding_network(model):
+    """The deployed part of a recognizer: image -> embedding (shares weights)."""
+    import keras
+
+    out = model.output
+    if isinstance(out, dict):
+        if set(out) == {"embedding"}:
+            return model
+        return keras.Model(model.input, out["embedding"], name=f"{model.name}_embedding")
+    return model
+
+
+def clone_network(model, name):
+    """A trainable copy of `model` with the same weights (every layer unfrozen).
+
+    `clone_model` copies each layer's `trainable=False`; setting it on the copy
+    does not reach layers frozen themselves, so each layer is unfrozen.
+    """
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for layer in _all_layers(copy):
+        layer.trainable = True
+    return keras.Model(copy.input, copy.output, name=name)
+
+
+def _all_layers(model):
+    import keras
+
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def freeze_batchnorm(model):
+    """Keep BatchNorm statistics and scales fixed (inference mode) while the rest trains."""
+    import keras
+
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return model
+
+
+def build_student(cfg, num_classes, channels, teacher=None, name="student"):
+    """The network a `ModelConfig` describes: `{"embedding"[, "logits"]}`.
+
+    `backbone="teacher"` copies the teacher's network (embedding part); a head
+    (unless `head="none"` or there are no labelled classes) maps the embedding
+    to the training classes.
+    """
+    import keras
+
+    from lrface_tf.backbones import build_backbone
+    from lrface_tf.layers.heads import build_head
+
+    if cfg.backbone == "teacher":
+        if teacher is None:
+            raise ValueError("--student_backbone=teacher needs a teacher")
+        backbone = clone_network(embedding_network(teacher), f"{name}_backbone")
+        if backbone.input_shape[1] != cfg.input_size:
+            raise ValueError(
+                f"the teacher takes {backbone.input_shape[1]} px; with "
+                f"--student_backbone=teacher set --student_input_size={backbone.input_shape[1]}"
+            )
+    else:
+        backbone = build_backbone(
+            cfg.backbone,
+            (cfg.input_size, cfg.input_size, channels),
+            width_multiplier=cfg.width,
+            embedding_dim=cfg.embedding_dim,
+        )
+    if cfg.freeze_batchnorm:
+        freeze_batchnorm(backbone)
+    image = keras.Input((cfg.input_size, cfg.input_size, channels), name="image")
+    emb = backbone(image)
+    emb = emb["embedding"] if isinstance(emb, dict) else emb
+    outputs = {"embedding": emb}
+    if cfg.head != "none" and num_classes > 0:
+        outputs["logits"] = build_head(cfg.head, num_classes, cfg.margin_scale)(emb)
+    return keras.Model(image, outputs, name=name)
+
+
+def task_loss_for_model(cfg, student, task_weight):
+    """The student's task loss (None when it has no head or its weight is 0)."""
+    from lrface_tf.models import task_loss_for
+
+    if task_weight == 0 or "logits" not in student.output:
+        return None
+    return task_loss_for(cfg.head, cfg.margin_scale, cfg.margin)
+
+
+def at_input_size(model, size, name):
+    """`model` behind an area resize from `size`, when it takes another size (a frozen
+    assistant reads the teacher's HR view); otherwise `model` itself."""
+    import keras
+
+    own = model.input_shape[1]
+    if own == size:
+        return model
+    image = keras.Input((size, size, model.input_shape[-1]), name="image")
+    small = keras.layers.Resizing(own, own, interpolation="area", name="to_input")(image)
+    wrapped = keras.Model(image, model(small), name=name)
+    wrapped.trainable = False
+    return wrapped
+
+
+def class_mean_teacher(teacher, cache, labels, num_classes, scale):
+    """The teacher with a cosine head on its class means (view 0 of the cache), and the
+    cache with the same head (its logits computed on the fly)."""
+    from lrface_tf.teachers import class_means, with_class_mean_head
+
+    labelled = labels >= 0
+    if not labelled.any():
+        raise ValueError("--teacher_head=class_mean needs labelled training images")
+    emb = cache.embedding[0][labelled]
+    wrapped = with_class_mean_head(teacher, emb, labels[labelled], num_classes, scale)
+    means = class_means(emb, labels[labelled], num_classes)
+    return wrapped, cache.with_head(means.T, scale)
+
+
+def distill(config, *, strategy=None, callbacks=(), log=print):
+    """Run one `DistillConfig` (see the module docstring); returns the result dict."""
+    import keras
+    import tensorflow as tf
+
+    from lrface_tf.data.sources import load_training_data
+    from lrface_tf.data.teacher_cache import load_or_build
+    from lrface_tf.data.views import ViewSpec
+    from lrface_tf.export import save_keras
+    from lrface_tf.methods import get_method, method_terms, used_hyperparameters
+    from lrface_tf.stages import run_stage
+
+    strategy = strategy or tf.distribute.get_strategy()
+    data = load_training_data(config.data, progress=config.train.verbose > 0)
+    if data.images is None:
+        raise ValueError("apps.distill trains on in-memory data; this source streams")
+    hyper = config.hyper
+    if not get_method(config.method).needs_teacher and data.num_labelled < len(data):
+        # A student alone learns from labels only: train on the labelled examples.
+        keep = data.labels >= 0
+        data.report["unlabelled_dropped_no_teacher"] = int((~keep).sum())
+        data.images, data.labels = data.images[keep], data.labels[keep]
+    _check_batches(len(data), config.train.batch_size)
+    _say_skipped(data.report, log)
+    out = config.output_dir
+    used = used_hyperparameters(config.method, config.hyperparameters)
+    result = {
+        "method": config.method,
+        "hyperparameters": used,
+        "stages": config.stages.stages,
+        "data": data.report,
+    }
+    views = config.effective_views
+    with strategy.scope():
+        keras.utils.set_random_seed(config.train.seed)
+        teacher = None
+        if config.teacher:
+            teacher = load_teacher(config.teacher, config.data.image_size)
+        cache = None
+        if teacher is not None and (config.teacher_cache or config.teacher_head == "class_mean"):
+            cache_views = views if config.teacher_cache else ViewSpec(count=1)
+            cache, status, path = load_or_build(
+                config.cache_dir,
+                teacher,
+                data.images,
+                cache_views,
+                progress=config.train.verbose > 0,
+                runtime=config.cache_runtime,
+            )
+            log(f"teacher cache ({cache_views.count} views): {status} {path}")
+            result["teacher_cache"] = {"status": status, "path": path, "views": cache.num_views}
+        if config.teacher_head == "class_mean":
+            teacher, cache = class_mean_teacher(
+                teacher, cache, data.labels, data.num_classes, config.teacher_head_scale
+            )
+            result["teacher_head"] = {
+                "kind": "class_mean",
+                "scale": config.teacher_head_scale,
+                "classes": data.num_classes,
+            }
+        if not config.teacher_cache:
+            cache = None
+        supervisor, supervisor_cache = teacher, cache
+        if config.stages.stages == "two_stage":
+            assistant, result["stage1"] = run_stage(
+                os.path.join(out, "stage1_assistant"),
+                "assistant.keras",
+                lambda folder: _train_assistant(
+                    config, data, teacher, cache, views, folder, callbacks, log
+                ),
+                log=log,
+            )
+            assistant.trainable = False
+            supervisor = at_input_size(assistant, config.data.image_size, "assistant")
+            supervisor_cache = None
+            if config.teacher_cache:
+                supervisor_cache, status, path = load_or_build(
+                    config.cache_dir,
+                    supervisor,
+                    data.images,
+                    views,
+                    progress=config.train.verbose > 0,
+                    runtime=config.cache_runtime,
+                )
+                log(f"assistant cache: {status} {path}")
+        student = build_student(config.student, data.num_classes, data.channels, teacher)
+        if config.stages.init_from != "none":
+            from lrface_tf.models.recognizer import copy_weights_by_name
+
+            source = assistant if config.stages.init_from == "assistant" else teacher
+            copied = copy_weights_by_name(source, student)
+            result["init_from"] = {"source": config.stages.init_from, "layers": copied}
+        terms = (
+            method_terms(config.method, hyper, num_classes=data.num_classes, data_size=len(data))
+            if supervisor is not None
+            else {}
+        )
+        history, seconds = train_stage(
+            student,
+            supervisor if terms else None,
+            terms,
+            data,
+            config.spec,
+            model_cfg=config.student,
+            task_weight=hyper["task_weight"],
+            views=views,
+            cache=supervisor_cache if terms else None,
+            augment=config.augment,
+            train=config.train,
+            out_dir=out,
+            callbacks=callbacks,
+            labelled_fraction=config.data.labelled_fraction,
+        )
+    result.update(
+        history=history,
+        train_seconds=seconds,
+        params=int(embedding_network(student).count_params()),
+    )
+    result.update(evaluate_student(student, data, config))
+    for line in _summary(result, config):
+        log(line)
+    save_keras(student, os.path.join(out, "student.keras"))
+    return result
+
+
+def _check_batches(n, batch_size):
+    if n // batch_size < 1:
+        raise ValueError(
+            f"{n} training examples make no full batch of {batch_size}; lower --batch_size "
+            f"to at most {n} or add data"
+        )
+
+
+def _say_skipped(report, log):
+    """One console line for every file that was not used, by reason."""
+    reasons = {}
+    for part in [*report.get("roots", []), *report.get("unlabelled_roots", [])]:
+        for item in part.get("skipped", []):
+            reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+    if reasons:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        log(f"skipped {sum(reasons.values())} files ({counts}); listed in metrics.json")
+
+
+def train_stage(
+    student,
+    supervisor,
+    terms,
+    data,
+    spec,
+    *,
+    model_cfg,
+    task_weight,
+    views,
+    cache,
+    augment,
+    train,
+    out_dir,
+    callbacks=(),
+    student_view="lr",
+    labelled_fraction=0.0,
+):
+    """One Distiller trained with `fit()` on a resumable, step-indexed stream.
+
+    Returns (history dict, seconds).
+    """
+    from lrface_tf.data.pipeline import paired_dataset
+    from lrface_tf.models import Distiller, synchronize_batchnorm
+    from lrface_tf.training import compile_and_fit
+
+    if train.sync_batchnorm:
+        student = synchronize_batchnorm(student)
+    task = task_loss_for_model(model_cfg, student, task_weight)
+    distiller = Distiller(
+        student,
+        supervisor,
+        terms,
+        task_loss=task,
+        task_weight=task_weight if task is not None else 0.0,
+        student_view=student_view,
+    )
+    keep_hr = student_view == "hr" or (bool(terms) and cache is None)
+    labels = data.labels
+    steps = len(labels) // train.batch_size
+
+    def dataset(start_step):
+        return paired_dataset(
+            data.images,
+            labels,
+            spec=spec,
+            batch_size=train.batch_size,
+            augment="none" if views is not None else augment,
+            views=views,
+            seed=train.seed,
+            hr_size=data.images.shape[1],
+            teacher_cache=cache,
+            start_step=start_step,
+            num_classes=max(data.num_classes, 1),
+            keep_hr=keep_hr,
+            labelled_fraction=labelled_fraction,
+        )
+
+    return compile_and_fit(
+        distiller, dataset, train, steps_per_epoch=steps, output_dir=out_dir, callbacks=callbacks
+    )
+
+
+def _train_assistant(config, data, teacher, cache, views, folder, callbacks, log):
+    """HORKD stage 1 (cross-structure): teacher -> assistant at its own input size."""
+    from lrface_tf.methods import method_terms
+
+    a = config.stages.assistant
+    assistant = build_student(a, data.num_classes, data.channels, teacher, name="assistant")
+    spec = DegradationSpec(kernel="area", sizes=(a.input_size,))
+    terms = method_terms(
+        config.method, config.hyper, num_classes=data.num_classes, data_size=len(data)
+    )
+    train = config.train
+    if config.stages.assistant_epochs:
+        import dataclasses
+
+        train = dataclasses.replace(train, epochs=config.stages.assistant_epochs)
+    history, seconds = train_stage(
+        assistant,
+        teacher,
+        terms,
+        data,
+        spec,
+        model_cfg=a,
+        task_weight=config.hyper["task_weight"],
+        views=views,
+        cache=cache,
+        augment=config.augment,
+        train=train,
+        out_dir=folder,
+        callbacks=callbacks,
+    )
+    record = {
+        "history": history,
+        "train_seconds": seconds,
+        "input_size": a.input_size,
+        "params": int(embedding_network(assistant).count_params()),
+    }
+    if data.test is not None:
+        record["test"] = test_accuracy(assistant, data.test, spec)
+        log(f"assistant@{a.input_size}: top-1 {100 * record['test']['top1']:.2f}%")
+    return assistant, record
+
+
+def test_accuracy(model, test, spec):
+    """Top-1/top-5 on a labelled test split under the deterministic form of `spec`."""
+    from lrface_tf.data.pipeline import single_view_dataset
+    from lrface_tf.eval import classification_accuracy
+
+    plain = DegradationSpec(
+        kernel=spec.kernel,
+        sizes=(spec.sizes[0],),
+        output_size=spec.output_size,
+        upsample_kernel=spec.upsample_kernel,
+    )
+    return classification_accuracy(model, single_view_dataset(*test, spec=plain, batch_size=500))
+
+
+def evaluate_student(student, data, config):
+    """Test-split accuracy and validation-pair verification at the student's size."""
+    out = {}
+    if data.test is not None and "logits" in student.output:
+        out["test"] = test_accuracy(student, data.test, config.spec)
+    if config.val_pairs:
+        from lrface_tf.eval.pairs import evaluate_pairs, load_pair_images
+
+        pairs = load_pair_images(config.val_pairs, config.val_image_root, config.data.image_size)
+        net, rows, cache = embedding_network(student), [], {}
+        size = config.spec.sizes[0]
+        for probe, side in ((size, "probe"), (size, "both"), (None, "probe")):
+            r = evaluate_pairs(
+                net,
+                pairs,
+                probe,
+                side,
+                config.spec.kernel,
+                config.spec.upsample_kernel,
+                cache=cache,
+            )
+            r.pop("scores"), r.pop("roc")
+            rows.append(r)
+        out["val"] = {"pairs": config.val_pairs, "rows": rows}
+    return out
+
+
+def _summary(result, config):
+    if "test" in result:
+        yield (
+            f"student@{config.spec.sizes[0]} ({config.method}, {config.stages.stages}): "
+            f"top-1 {100 * result['test']['top1']:.2f}%"
+        )
+    for r in result.get("val", {}).get("rows", []):
+        yield (
+            f"val {os.path.basename(config.val_pairs)} @{r['probe_size']} {r['side']}: "
+            f"{100 * r['accuracy']:.2f} +- {100 * r['accuracy_std']:.2f}"
+        )
+
+
+def train_teacher(
+    data_config,
+    model,
+    train,
+    *,
+    augment="flip_crop",
+    output_dir,
+    strategy=None,
+    callbacks=(),
+    log=print,
+):
+    """Train a recognizer on the HR images (the teacher of later distillations).
+
+    Returns the result dict; saves `<output_dir>/teacher.keras`.
+    """
+    import keras
+    import tensorflow as tf
+
+    from lrface_tf.data.sources import load_training_data
+    from lrface_tf.export import save_keras
+
+    strategy = strategy or tf.distribute.get_strategy()
+    data = load_training_data(data_config, progress=train.verbose > 0)
+    _check_batches(len(data), train.batch_size)
+    _say_skipped(data.report, log)
+    spec = DegradationSpec(kernel="area", sizes=(data_config.image_size,))
+    with strategy.scope():
+        keras.utils.set_random_seed(train.seed)
+        teacher = build_student(model, data.num_classes, data.channels, name="teacher")
+        history, seconds = train_stage(
+            teacher,
+            None,
+            {},
+            data,
+            spec,
+            model_cfg=model,
+            task_weight=1.0,
+            views=None,
+            cache=None,
+            augment=augment,
+            train=train,
+            out_dir=output_dir,
+            callbacks=callbacks,
+            student_view="hr",
+        )
+    result = {
+        "history": history,
+        "train_seconds": seconds,
+        "data": data.report,
+        "params": int(teacher.count_params()),
+    }
+    if data.test is not None:
+        result["test"] = test_accuracy(teacher, data.test, spec)
+        log(f"teacher@{data_config.image_size}: top-1 {100 * result['test']['top1']:.2f}%")
+    save_keras(teacher, os.path.join(output_dir, "teacher.keras"))
+    return result
