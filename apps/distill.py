@@ -13,7 +13,9 @@ with --init_from=assistant. Each stage has its own folder; a finished stage is
 not redone and an interrupted one resumes from its backup.
 
 Faces: --data=identity_folder --data_dir=<aligned faces>[,<more>] with
---unlabelled_dir=<flat folders>, --exclude_people_from=<test pairs file>;
+--unlabelled_dir=<flat folders>, --exclude_people_from=<test pairs file>; or
+--data=tfds --data_dir=<a data set built by apps.build_dataset>, streamed (its
+stored teacher outputs serve --teacher_cache);
 --teacher_head=class_mean gives an embedding-only teacher (SFace) logits over
 the training people; --views=K and --teacher_cache run the teacher once per
 image and view; --val_pairs scores the student on validation pairs at the end.
@@ -27,7 +29,7 @@ from __future__ import annotations
 from absl import flags
 
 from apps import runner
-from apps.flag_groups import data, devices, method, network, output, resolution, training
+from apps.flag_groups import data, devices, method, network, output, resolution, training, views
 from lrface_tf.config import INIT_FROM, STAGES, TEACHER_HEADS
 
 FLAGS = flags.FLAGS
@@ -43,19 +45,6 @@ flags.DEFINE_enum(
     "(for an embedding-only teacher such as SFace).",
 )
 flags.DEFINE_float("teacher_head_scale", 16.0, "Scale s of the class-mean head.")
-flags.DEFINE_integer(
-    "views",
-    0,
-    "K fixed augmented views per image (0: --augment per step); see lrface_tf.data.views.",
-)
-flags.DEFINE_bool("view_flip", True, "Views: view 1 is the mirror image; views 2.. flip at random.")
-flags.DEFINE_float("view_shift", 0.0, "Views: largest shift, as a fraction of the side.")
-flags.DEFINE_float("view_scale", 0.0, "Views: largest zoom change (fraction).")
-flags.DEFINE_float("view_rotation", 0.0, "Views: largest rotation in degrees.")
-flags.DEFINE_float("view_colour", 0.0, "Views: largest brightness / contrast / saturation change.")
-flags.DEFINE_integer(
-    "view_seed", 0, "Seed of the views (not --seed: runs of several seeds share one cache)."
-)
 flags.DEFINE_bool(
     "teacher_cache",
     False,
@@ -81,13 +70,12 @@ flags.DEFINE_enum(
 flags.DEFINE_string("val_pairs", None, "Validation pairs file (LFW format), scored after training.")
 flags.DEFINE_string("val_image_root", None, "Image root of --val_pairs.")
 
-GROUPS = (data, devices, method, network, output, resolution, training)
+GROUPS = (data, devices, method, network, output, resolution, training, views)
 
 
 def config():
     """The frozen `DistillConfig` of the flags."""
     from lrface_tf.config import DistillConfig, StageConfig
-    from lrface_tf.data.views import ViewSpec
 
     spec = resolution.spec()
     student = network.model_config(
@@ -100,17 +88,6 @@ def config():
             FLAGS.assistant_size or FLAGS.teacher_size,
             FLAGS.assistant_width or FLAGS.student_width,
         )
-    views = None
-    if FLAGS.views:
-        views = ViewSpec(
-            count=FLAGS.views,
-            flip=FLAGS.view_flip,
-            shift=FLAGS.view_shift,
-            scale=FLAGS.view_scale,
-            rotation=FLAGS.view_rotation,
-            colour=FLAGS.view_colour,
-            seed=FLAGS.view_seed,
-        )
     return DistillConfig(
         data=data.config(FLAGS.teacher_size, FLAGS.seed),
         spec=spec,
@@ -120,7 +97,7 @@ def config():
         teacher_head_scale=FLAGS.teacher_head_scale,
         method=FLAGS.method,
         hyperparameters=method.hyperparameters(),
-        views=views,
+        views=views.spec(),
         augment=FLAGS.augment,
         teacher_cache=FLAGS.teacher_cache,
         cache_dir=FLAGS.cache_dir,

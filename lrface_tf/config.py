@@ -166,10 +166,10 @@ class DistillConfig:
     val_image_root: str | None = None
 
     def __post_init__(self):
-        from lrface_tf.methods import get_method, resolve
+        from lrface_tf.methods import check_hyperparameters, get_method
 
         method = get_method(self.method)
-        resolve(self.method, self.hyperparameters)  # unknown names stop here
+        check_hyperparameters(self.method, self.hyperparameters)  # bad values stop here
         if self.teacher_head not in TEACHER_HEADS:
             raise ValueError(
                 f"unknown teacher_head {self.teacher_head!r}: use {', '.join(TEACHER_HEADS)}"

@@ -173,20 +173,38 @@ def at_input_size(model, size, name):
 
 def class_mean_teacher(teacher, cache, labels, num_classes, scale):
     """The teacher with a cosine head on its class means (view 0 of the cache), and the
-    cache with the same head (its logits computed on the fly)."""
+    cache with the same head (its logits computed on the fly). Outputs stored in a
+    streamed data set give the class means in one pass over it."""
+    import numpy as np
+
+    from lrface_tf.data.teacher_cache import TeacherCache
     from lrface_tf.teachers import class_means, with_class_mean_head
 
     labelled = labels >= 0
     if not labelled.any():
         raise ValueError("--teacher_head=class_mean needs labelled training images")
-    emb = cache.embedding[0][labelled]
-    wrapped = with_class_mean_head(teacher, emb, labels[labelled], num_classes, scale)
-    means = class_means(emb, labels[labelled], num_classes)
+    if isinstance(cache, TeacherCache):
+        emb, y = cache.embedding[0][labelled], labels[labelled]
+    else:  # `StoredTeacherOutputs`: per-class sums of unit embeddings, same means
+        emb, y = cache.class_sums(labels, num_classes), np.arange(num_classes)
+    wrapped = with_class_mean_head(teacher, emb, y, num_classes, scale)
+    means = class_means(emb, y, num_classes)
     return wrapped, cache.with_head(means.T, scale)
 
 
 def distill(config, *, strategy=None, callbacks=(), log=print):
-    """Run one `DistillConfig` (see the module docstring); returns the result dict."""
+    """Run one `DistillConfig` (see the module docstring); returns the result dict.
+
+    Every model of the run is built under the dtype policy `config.train.precision`
+    (`lrface_tf.training.precision_policy`); the previous policy is restored at the end.
+    """
+    from lrface_tf.training import precision_policy
+
+    with precision_policy(config.train.precision):
+        return _distill(config, strategy=strategy, callbacks=callbacks, log=log)
+
+
+def _distill(config, *, strategy, callbacks, log):
     import keras
     import tensorflow as tf
 
@@ -199,14 +217,12 @@ def distill(config, *, strategy=None, callbacks=(), log=print):
 
     strategy = strategy or tf.distribute.get_strategy()
     data = load_training_data(config.data, progress=config.train.verbose > 0)
-    if data.images is None:
-        raise ValueError("apps.distill trains on in-memory data; this source streams")
     hyper = config.hyper
     if not get_method(config.method).needs_teacher and data.num_labelled < len(data):
         # A student alone learns from labels only: train on the labelled examples.
         keep = data.labels >= 0
         data.report["unlabelled_dropped_no_teacher"] = int((~keep).sum())
-        data.images, data.labels = data.images[keep], data.labels[keep]
+        data.select(keep)
     _check_batches(len(data), config.train.batch_size)
     _say_skipped(data.report, log)
     out = config.output_dir
@@ -224,7 +240,9 @@ def distill(config, *, strategy=None, callbacks=(), log=print):
         if config.teacher:
             teacher = load_teacher(config.teacher, config.data.image_size)
         cache = None
-        if teacher is not None and (config.teacher_cache or config.teacher_head == "class_mean"):
+        if teacher is not None and data.stream is not None:
+            cache = _stored_teacher_outputs(config, data.stream, teacher, views, result, log)
+        elif teacher is not None and (config.teacher_cache or config.teacher_head == "class_mean"):
             cache_views = views if config.teacher_cache else ViewSpec(count=1)
             cache, status, path = load_or_build(
                 config.cache_dir,
@@ -260,7 +278,10 @@ def distill(config, *, strategy=None, callbacks=(), log=print):
             assistant.trainable = False
             supervisor = at_input_size(assistant, config.data.image_size, "assistant")
             supervisor_cache = None
-            if config.teacher_cache:
+            if config.teacher_cache and data.stream is not None:
+                log("stage 2 runs the assistant every step (a stream has no cache of its outputs)")
+                result["assistant_cache"] = "none: the data set streams"
+            elif config.teacher_cache:
                 supervisor_cache, status, path = load_or_build(
                     config.cache_dir,
                     supervisor,
@@ -308,6 +329,21 @@ def distill(config, *, strategy=None, callbacks=(), log=print):
         log(line)
     save_keras(student, os.path.join(out, "student.keras"))
     return result
+
+
+def _stored_teacher_outputs(config, stream, teacher, views, result, log):
+    """The teacher outputs a streamed data set stores, checked against the run's teacher
+    and views, when the run reads them (`--teacher_cache`, or the class-mean head)."""
+    if not (config.teacher_cache or config.teacher_head == "class_mean"):
+        return None
+    stored = stream.teacher_outputs(teacher, views if config.teacher_cache else None)
+    log(f"teacher outputs ({stored.num_views} views): stored in {stream.path}")
+    result["teacher_cache"] = {
+        "status": "stored in the data set",
+        "path": stream.path,
+        "views": stored.num_views,
+    }
+    return stored
 
 
 def _check_batches(n, batch_size):
@@ -368,9 +404,22 @@ def train_stage(
     )
     keep_hr = student_view == "hr" or (bool(terms) and cache is None)
     labels = data.labels
-    steps = len(labels) // train.batch_size
+    steps = max(1, (data.epoch_examples or len(labels)) // train.batch_size)
 
     def dataset(start_step):
+        if data.stream is not None:  # a TFDS face data set, each worker reading its shards
+            return data.stream.paired_dataset(
+                labels,
+                spec=spec,
+                batch_size=train.batch_size,
+                end_step=train.epochs * steps,
+                seed=train.seed,
+                start_step=start_step,
+                augment="none" if views is not None else augment,
+                views=views,
+                teacher_outputs=cache,
+                keep_hr=keep_hr,
+            )
         return paired_dataset(
             data.images,
             labels,
@@ -501,8 +550,25 @@ def train_teacher(
 ):
     """Train a recognizer on the HR images (the teacher of later distillations).
 
-    Returns the result dict; saves `<output_dir>/teacher.keras`.
+    Returns the result dict; saves `<output_dir>/teacher.keras`. The teacher is built
+    under the dtype policy `train.precision`; the previous policy is restored at the end.
     """
+    from lrface_tf.training import precision_policy
+
+    with precision_policy(train.precision):
+        return _train_teacher(
+            data_config,
+            model,
+            train,
+            augment=augment,
+            output_dir=output_dir,
+            strategy=strategy,
+            callbacks=callbacks,
+            log=log,
+        )
+
+
+def _train_teacher(data_config, model, train, *, augment, output_dir, strategy, callbacks, log):
     import keras
     import tensorflow as tf
 

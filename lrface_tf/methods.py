@@ -34,6 +34,7 @@ from lrface_tf.losses import (
     RKDDistanceLoss,
 )
 from lrface_tf.models.distiller import DistillTerm
+from lrface_tf.validation import check_non_negative
 
 # Every hyper-parameter of every term, with its global default (a method may override).
 HYPERPARAMETERS = {
@@ -200,6 +201,14 @@ def method_terms(name, hyperparameters=None, *, num_classes=None, data_size=None
             raise ValueError(f"method {name!r} needs data_size (CRRCD's m)")
         terms[term] = TERMS[term](h, num_classes, data_size)
     return terms
+
+
+def check_hyperparameters(name, hyperparameters=None):
+    """Build method `name`'s terms once with stand-in data facts, so a bad value (a NaN
+    temperature, an empty queue) stops where it is given, naming it."""
+    h = resolve(name, hyperparameters)
+    check_non_negative("task_weight", h["task_weight"])
+    method_terms(name, hyperparameters, num_classes=2, data_size=max(int(h["crrcd_queue"]), 1))
 
 
 def needs_teacher(name):

@@ -9,7 +9,8 @@ Every app run writes into its `--output_dir`:
 
 `RunFolder` owns the folder while a run lives: a second run started into the
 same folder stops with one line naming the holder, instead of both writing and
-the last one silently winning. The lock is an advisory `fcntl` lock on
+the last one silently winning; a run that fails before writing anything leaves
+no folder behind. The lock is an advisory `fcntl` lock on
 `<folder>/.lock`, released by the operating system when the process ends, even
 by SIGKILL, so a killed run never leaves the folder blocked.
 """
@@ -41,10 +42,12 @@ class RunFolder:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._fd = None
+        self._created = False
 
     def __enter__(self):
         import fcntl
 
+        self._created = not os.path.exists(self.path)
         os.makedirs(self.path, exist_ok=True)
         lock = os.path.join(self.path, LOCK_FILE)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -62,10 +65,18 @@ class RunFolder:
         self._fd = fd
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
+        if exc_type is not None and self._created:
+            # A run that failed before writing anything leaves no folder behind.
+            try:
+                if os.listdir(self.path) == [LOCK_FILE]:
+                    os.remove(os.path.join(self.path, LOCK_FILE))
+                    os.rmdir(self.path)
+            except OSError:
+                pass
         return False
 
 

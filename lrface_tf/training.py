@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -174,6 +175,28 @@ def restored_step(model, output_dir):
         model.optimizer.build(model.trainable_variables)
     model.load_weights(path)
     return int(model.optimizer.iterations.numpy())
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Build models under the Keras dtype policy `name`; the previous policy is restored on exit.
+
+    "mixed_float16" / "mixed_bfloat16" compute layers in half precision with
+    float32 weights; "float32" is the default. Models keep the policy they were
+    built under, so build them inside. Losses and metrics compute in float32
+    whatever the policy (every distillation term and task loss casts its
+    inputs; the heads and the embedding layer output float32).
+
+    Example:
+      >>> with precision_policy("mixed_bfloat16"):
+      ...     student = build_recognizer("resnet18", 16, 100)
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def compile_and_fit(model, dataset, train, *, steps_per_epoch, output_dir=None, callbacks=()):

@@ -38,10 +38,22 @@ def one_line_error(proc):
         (["--student_size=32", "--teacher_size=28"], "student_size must be <= teacher_size"),
         (["--method=horkdd"], "--method"),
         (["--bogus_flag=1"], "bogus_flag"),
-        (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=3"], "does not divide across 2"),
+        (
+            ["--method=baseline", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=3"],
+            "does not divide across 2",
+        ),
         (["--method=kd", "--teacher=/nonexistent/teacher.keras"], "/nonexistent/teacher.keras"),
-        (["--method=kd"], "needs --teacher"),
+        (["--method=kd"], "needs a teacher"),
         (["--data=identity_folder", "--method=baseline"], "--data_dir"),
+        (["--method=baseline", "--batch_size=0"], "batch_size must be >= 1"),
+        (["--method=baseline", "--epochs=0"], "epochs must be >= 1"),
+        (["--method=baseline", "--epochs=-1"], "epochs must be >= 1"),
+        (["--method=baseline", "--learning_rate=-0.1"], "learning_rate must be > 0"),
+        (["--method=baseline", "--max_train_examples=-1"], "max_train_examples must be >= 0"),
+        (["--method=baseline", "--labelled_per_class=-3"], "labelled_per_class must be >= 0"),
+        (["--method=baseline", "--lr_sizes=64"], "--lr_sizes [64] exceed --teacher_size 28"),
+        (["--method=kd", "--teacher=x.keras", "--kd_temperature=nan"], "must be finite"),
+        (["--method=crrcd", "--teacher=x.keras", "--crrcd_queue=0"], "queue_size must be >= 1"),
     ],
 )
 def test_bad_flags_give_one_line_errors_and_write_nothing(tmp_path, flags, message):
@@ -54,7 +66,7 @@ def test_bad_flags_give_one_line_errors_and_write_nothing(tmp_path, flags, messa
 @pytest.mark.slow
 def test_flagfile_with_unknown_flag(tmp_path):
     cfg = tmp_path / "x.cfg"
-    cfg.write_text(f"--flagfile={ROOT}/configs/base.cfg\n--method=kd\n--temprature=3\n")
+    cfg.write_text(f"--flagfile={ROOT}/configs/fmnist/base.cfg\n--method=kd\n--temprature=3\n")
     assert "temprature" in one_line_error(run_app("distill", f"--flagfile={cfg}"))
 
 
@@ -63,7 +75,7 @@ def test_teacher_student_export_chain(tmp_path):
     if not os.path.exists(FMNIST):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it)")
     common = [
-        f"--flagfile={ROOT}/configs/base.cfg",
+        f"--flagfile={ROOT}/configs/fmnist/base.cfg",
         "--max_train_examples=3072",
         "--verbose=0",
         "--batch_size=64",
@@ -71,7 +83,7 @@ def test_teacher_student_export_chain(tmp_path):
     t_dir, s_dir, e_dir = tmp_path / "teacher", tmp_path / "student", tmp_path / "export"
     proc = run_app("train_teacher", *common, "--epochs=3", f"--output_dir={t_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("teacher.keras", "flags.cfg", "flags.json", "degradation.json", "metrics.json"):
+    for name in ("teacher.keras", "flags.cfg", "config.json", "metrics.json"):
         assert (t_dir / name).exists(), name
     assert (t_dir / "tensorboard").is_dir()
     assert not (t_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
@@ -88,7 +100,7 @@ def test_teacher_student_export_chain(tmp_path):
         f"--teacher={t_dir / 'teacher.keras'}",
         f"--output_dir={tmp_path / 'x'}",
     )
-    assert "takes 28x28 inputs but --teacher_size=32" in one_line_error(proc)
+    assert "takes 28x28 inputs but the HR images are 32x32" in one_line_error(proc)
     assert not (tmp_path / "x").exists()
 
     proc = run_app(
@@ -103,8 +115,14 @@ def test_teacher_student_export_chain(tmp_path):
     s_metrics = json.loads((s_dir / "metrics.json").read_text())
     assert set(s_metrics["history"]) >= {"loss", "task", "kd"}
     assert s_metrics["test"]["top1"] > 0.3
-    flags = json.loads((s_dir / "flags.json").read_text())
-    assert flags["method"] == "kd" and flags["student_size"] == 7
+    config = json.loads((s_dir / "config.json").read_text())
+    assert config["method"] == "kd" and config["student"]["input_size"] == 7
+    assert config["hyperparameters"] == {
+        "task_weight": 0.1,
+        "kd_weight": 0.9,
+        "kd_temperature": 4.0,
+    }
+    assert s_metrics["data"]["subset"]["max_examples"] == 3072
     spec = json.loads((s_dir / "degradation.json").read_text())
     assert spec["kernel"] == "area" and spec["sizes"] == [7]
     # The resolved flagfile reproduces the run's settings.
@@ -112,7 +130,7 @@ def test_teacher_student_export_chain(tmp_path):
 
     proc = run_app(
         "export",
-        *common,
+        "--max_train_examples=3072",
         f"--model={s_dir / 'student.keras'}",
         "--quantizations=float32,int8",
         "--parity_images=200",
@@ -128,7 +146,6 @@ def test_teacher_student_export_chain(tmp_path):
 
     proc = run_app(
         "evaluate",
-        *common,
         f"--models={s_dir / 'student.keras'}",
         "--probe_sizes=7,full",
         f"--output_dir={tmp_path / 'eval'}",
@@ -149,7 +166,7 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     import numpy as np
 
     base = [
-        f"--flagfile={ROOT}/configs/base.cfg",
+        f"--flagfile={ROOT}/configs/fmnist/base.cfg",
         "--method=baseline",
         "--max_train_examples=1024",
         "--batch_size=64",
@@ -212,53 +229,6 @@ def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
 
 
 @pytest.mark.slow
-def test_write_tfrecords_then_distill_streams_from_them(tmp_path):
-    import keras
-
-    from tests.test_eval import _colour_people
-
-    _colour_people(tmp_path / "faces", people=4, per=8, size=24)
-    tfr = tmp_path / "tfr"
-    proc = run_app(
-        "write_tfrecords",
-        f"--data_dir={tmp_path / 'faces'}",
-        f"--dst={tfr}",
-        "--num_shards=3",
-        "--verbose=0",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tfr / "manifest.json").read_text())["num_examples"] == 32
-    out = tmp_path / "run"
-    proc = run_app(
-        "distill",
-        f"--flagfile={ROOT}/configs/base.cfg",
-        "--data=tfrecord",
-        f"--data_dir={tfr}",
-        "--method=baseline",
-        "--teacher_size=24",
-        "--student_size=8",
-        "--batch_size=8",
-        "--epochs=1",
-        "--verbose=0",
-        "--student_width=0.25",
-        f"--output_dir={out}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["data"]["examples"] == 32 and len(metrics["history"]["loss"]) == 1
-    student = keras.saving.load_model(out / "student.keras", compile=False)
-    assert student.input_shape == (None, 8, 8, 3) and student.output["logits"].shape[-1] == 4
-    proc = run_app(
-        "distill",
-        "--data=tfrecord",
-        f"--data_dir={tmp_path / 'faces'}",
-        "--method=baseline",
-        f"--output_dir={tmp_path / 'bad'}",
-    )
-    assert "no manifest.json" in one_line_error(proc)
-
-
-@pytest.mark.slow
 def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     from tests.test_eval import _colour_people
 
@@ -280,3 +250,76 @@ def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     assert all(r["rank1"] == 1.0 and r["linear_probe_top1"] == 1.0 for r in rows)
     assert (out / "cmc.png").stat().st_size > 1000
     assert "| m.keras | 4 | 100.00 | 100.00 | 100.00 | 100.00 |" in (out / "results.md").read_text()
+
+
+LFW = os.path.join(ROOT, "..", "shared", "data", "lfw")
+
+
+@pytest.mark.slow
+def test_a_tiny_face_run_from_a_flagfile_holds_out_the_test_people(tmp_path):
+    """configs/lfw/base.cfg at small sizes on six LFW people, two of them in pairsDevTest:
+    those two are held out and counted; the run record says what was used."""
+    import keras
+
+    from lrface_tf.data.datasets import lfw_pairs
+
+    devtest = os.path.join(LFW, "pairsDevTest.txt")
+    if not os.path.exists(devtest):
+        pytest.skip("../shared/data/lfw is not beside the repository")
+    images = os.path.join(LFW, "lfw-deepfunneled")
+    held = {n for p in lfw_pairs(devtest) for n in (p.name_a, p.name_b)}
+    people = sorted(p for p in os.listdir(images) if len(os.listdir(os.path.join(images, p))) >= 6)
+    chosen = [p for p in people if p not in held][:4] + [p for p in people if p in held][:2]
+    root = tmp_path / "faces"
+    root.mkdir()
+    for p in chosen:
+        (root / p).symlink_to(os.path.join(images, p))
+    image = keras.Input((32, 32, 3))
+    emb = keras.layers.Dense(8)(keras.layers.GlobalAveragePooling2D()(image))
+    keras.Model(image, {"embedding": emb}).save(tmp_path / "teacher.keras")
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(
+        "\n".join(
+            [
+                f"--flagfile={ROOT}/configs/lfw/base.cfg",
+                "--method=kd",
+                "--teacher_cache",
+                f"--data_dir={root}",
+                f"--teacher={tmp_path / 'teacher.keras'}",
+                "--teacher_size=32",
+                "--student_size=8",
+                "--student_backbone=resnet8",
+                "--student_width=0.25",
+                "--embedding_dim=8",
+                "--views=2",
+                f"--cache_dir={tmp_path / 'cache'}",
+                "--cache_runtime=keras",
+                "--epochs=1",
+                "--batch_size=8",
+                "--verbose=0",
+                f"--output_dir={tmp_path / 'run'}",
+            ]
+        )
+        + "\n"
+    )
+    proc = run_app("distill", f"--flagfile={cfg}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    data = metrics["data"]
+    assert data["roots"][0]["excluded_people"] == 2 and data["classes"] == 4
+    kept = sum(len(os.listdir(root / p)) for p in chosen[:4])
+    assert data["used"] == data["labelled"] == kept and data["unlabelled"] == 0
+    assert data["exclude_people_from"] == ["../shared/data/lfw/pairsDevTest.txt"]
+    assert metrics["teacher_head"]["kind"] == "class_mean"
+    assert metrics["teacher_cache"]["status"] == "built" and metrics["teacher_cache"]["views"] == 2
+    assert metrics["hyperparameters"]["kd_weight"] == 0.5  # from configs/lfw/base.cfg
+    assert metrics["command"].startswith("python -m apps.distill --flagfile=")
+    config = json.loads((run / "config.json").read_text())
+    assert config["views"]["count"] == 2 and config["teacher_head"] == "class_mean"
+    assert (
+        "--exclude_people_from=../shared/data/lfw/pairsDevTest.txt"
+        in (run / "flags.cfg").read_text()
+    )
+    student = keras.saving.load_model(run / "student.keras", compile=False)
+    assert student.input_shape == (None, 8, 8, 3) and student.output["logits"].shape[-1] == 4

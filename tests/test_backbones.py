@@ -63,3 +63,18 @@ def test_recognizer_keras_round_trip(head, tmp_path):
     if head == "arcface":
         assert isinstance(again.get_layer("logits"), CosineHead)
         assert float(np.abs(m(x)["logits"]).max()) <= 32.0 + 1e-4
+
+
+def test_mobilefacenet16_keeps_a_4x4_map_and_fits_the_compact_budget():
+    m = build_backbone("mobilefacenet16", (16, 16, 3))
+    assert m.output_shape == (None, 128)
+    # Two downsamplings only: the final map (read whole by the GDC) is 4x4.
+    assert m.get_layer("stage5").output.shape[1:3] == (4, 4)
+    assert m.get_layer("gdc").kernel_size == (4, 4)
+    assert m.count_params() <= 966_707  # 1/10 of the SFace teacher
+    big = build_backbone("mobilefacenet", (112, 112, 3))
+    assert big.get_layer("stage5").output.shape[1:3] == (7, 7) and big.output_shape == (None, 128)
+    out = m(np.random.RandomState(0).rand(2, 16, 16, 3).astype(np.float32), training=False)
+    assert np.all(np.isfinite(out.numpy()))
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+    assert again.count_params() == m.count_params()

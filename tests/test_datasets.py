@@ -161,32 +161,3 @@ def test_real_lfw_pairs_reference_existing_images(name, count):
     pairs = lfw_pairs(path, root=os.path.join(LFW_ROOT, "lfw-deepfunneled"))
     assert len(pairs) == count
     assert sum(q.same for q in pairs) == count // 2
-
-
-def test_tfrecords_round_trip_every_image_and_label_across_shards(tmp_path):
-    from lrface_tf.data.datasets import identity_folder_dataset
-    from lrface_tf.data.tfrecord import read_manifest, tfrecord_dataset, write_tfrecords
-    from tests.test_eval import _colour_people
-
-    _colour_people(tmp_path / "faces", people=5, per=3)
-    folder = identity_folder(str(tmp_path / "faces"))
-    out = tmp_path / "tfr"
-    manifest = write_tfrecords(folder, str(out), num_shards=4, progress=False)
-    assert [s["examples"] for s in manifest["shards"]] == [4, 4, 4, 3]
-    assert manifest["class_names"] == folder.class_names
-    ref = {}
-    for img, label in identity_folder_dataset(folder, 16):
-        ref.setdefault(int(label), []).append(np.asarray(img))
-    got = {}
-    for img, label in tfrecord_dataset(str(out), 16):
-        got.setdefault(int(label), []).append(np.asarray(img))
-    assert sorted(got) == sorted(ref) and all(len(got[k]) == 3 for k in got)
-    for k in ref:  # same images per identity (shard interleaving changes the order)
-        key = lambda a: float(a.sum())  # noqa: E731
-        for a, b in zip(sorted(ref[k], key=key), sorted(got[k], key=key)):
-            np.testing.assert_array_equal(a, b)
-    (out / "data-00002-of-00004.tfrecord").unlink()
-    with pytest.raises(DataError, match="shard data-00002-of-00004.tfrecord is missing"):
-        read_manifest(str(out))
-    with pytest.raises(DataError, match="no manifest.json"):
-        tfrecord_dataset(str(tmp_path / "faces"), 16)

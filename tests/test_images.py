@@ -348,14 +348,3 @@ def test_load_images_reads_any_format_and_names_the_bad_file(tmp_path):
     bad = _truncated_jpeg(tmp_path / "Zed_0001.jpg")
     with pytest.raises(DataError, match=r"Zed_0001\.jpg: corrupt"):
         load_images(paths + [bad], size=8)
-
-
-def test_tfrecords_keep_the_original_bytes_of_any_format(netpbm_faces, tmp_path):
-    from lrface_tf.data.tfrecord import tfrecord_dataset, write_tfrecords
-
-    folder = identity_folder(str(netpbm_faces))
-    write_tfrecords(folder, str(tmp_path / "tfr"), num_shards=1, progress=False)
-    got = list(tfrecord_dataset(str(tmp_path / "tfr"), 8).as_numpy_iterator())
-    ref = list(identity_folder_dataset(folder, 8).as_numpy_iterator())
-    assert [int(y) for _, y in got] == [int(y) for _, y in ref] == [0, 0, 1, 1, 2]
-    np.testing.assert_array_equal(np.stack([x for x, _ in got]), np.stack([x for x, _ in ref]))

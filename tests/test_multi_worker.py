@@ -112,7 +112,7 @@ def test_distill_app_multi_worker_chief_writes_the_run_and_workers_agree(tmp_pat
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     out = tmp_path / "run"
     flags = [
-        f"--flagfile={ROOT}/configs/base.cfg",
+        f"--flagfile={ROOT}/configs/fmnist/base.cfg",
         "--method=baseline",
         "--epochs=1",
         "--max_train_examples=256",

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from absl import flags
 
-from lrface_tf.data.sources import SOURCES, DataConfig
+from lrface_tf.data.sources import RETIRED_SOURCES, SOURCES, DataConfig
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("data", "fashion_mnist", list(SOURCES), "Training data set.")
+flags.DEFINE_enum(
+    "data",
+    "fashion_mnist",
+    [*SOURCES, *RETIRED_SOURCES],
+    "Training data set; tfds: a face data set built by apps.build_dataset, streamed "
+    f"({', '.join(RETIRED_SOURCES)}: gone, the error says what to run instead).",
+)
 flags.DEFINE_list(
     "data_dir",
     [],
     "Data folder(s): Fashion-MNIST idx files; identity folders root/<person>/<image> "
-    "(several: comma-separated); or a TFRecord set.",
+    "(several: comma-separated); or the --dst of apps.build_dataset (--data=tfds).",
 )
 flags.DEFINE_list(
     "unlabelled_dir", [], "Flat folders of unlabelled images (--data=identity_folder)."
@@ -37,6 +43,12 @@ flags.DEFINE_integer(
 flags.DEFINE_float(
     "labelled_fraction", 0.0, "Share of every batch drawn from the labelled examples (0: uniform)."
 )
+flags.DEFINE_integer(
+    "epoch_examples",
+    0,
+    "Examples per training epoch (0: every example once); passes over a large data set "
+    "continue across epochs.",
+)
 
 
 def config(image_size, seed):
@@ -51,5 +63,6 @@ def config(image_size, seed):
         labelled_per_class=FLAGS.labelled_per_class,
         min_images_per_label=FLAGS.min_images_per_label,
         labelled_fraction=FLAGS.labelled_fraction,
+        epoch_examples=FLAGS.epoch_examples,
         seed=seed,
     )

@@ -2,6 +2,11 @@
 
 import keras
 
+from lrface_tf.backbones.mobilefacenet import (
+    MOBILEFACENET_SPECS,
+    mobilefacenet,
+    mobilefacenet_from_spec,
+)
 from lrface_tf.backbones.resnet import RESNET_SPECS, resnet, resnet_from_spec
 from lrface_tf.backbones.thin_resnet import SPHERE_SPECS, sphere_from_spec, sphere_resnet
 
@@ -13,6 +18,10 @@ BACKBONES = {
     **{
         name: (lambda shape, _n=name, **kw: sphere_from_spec(_n, shape, **kw))
         for name in SPHERE_SPECS
+    },
+    **{
+        name: (lambda shape, _n=name, **kw: mobilefacenet_from_spec(_n, shape, **kw))
+        for name in MOBILEFACENET_SPECS
     },
 }
 
@@ -32,4 +41,11 @@ def named_features(model, names):
     return keras.Model(model.input, {n: model.get_layer(n).output for n in names})
 
 
-__all__ = ["BACKBONES", "build_backbone", "named_features", "resnet", "sphere_resnet"]
+__all__ = [
+    "BACKBONES",
+    "build_backbone",
+    "mobilefacenet",
+    "named_features",
+    "resnet",
+    "sphere_resnet",
+]

@@ -80,7 +80,12 @@ BLOCKS = {"basic": basic_block, "bottleneck": bottleneck_block}
 
 
 def embedding_head(x, embedding_dim, dropout=0.0, pooling="avg", name="embedding"):
-    """BN -> dropout -> dense(D) -> BN, after global pooling (or flatten)."""
+    """BN -> dropout -> dense(D) -> BN, after global pooling (or flatten).
+
+    The last BN (the embedding) computes in float32 whatever the global dtype
+    policy, so under mixed precision the embedding, and every loss on it, is
+    float32 (Keras' advice for a model's outputs).
+    """
     if pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="pool")(x)
     elif pooling == "flatten":
@@ -91,7 +96,7 @@ def embedding_head(x, embedding_dim, dropout=0.0, pooling="avg", name="embedding
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(embedding_dim, name="head_dense")(x)
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)(x)
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name, dtype="float32")(x)
 
 
 def resnet(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from lrface_tf.data.degrade import degrade
 from lrface_tf.data.views import apply_view
 
 UNLABELLED = -1
@@ -85,6 +86,8 @@ def paired_dataset(
     num_classes=None,
     keep_hr=True,
     labelled_fraction=0.0,
+    deterministic=True,
+    precompute_lr=False,
 ):
     """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
 
@@ -126,6 +129,22 @@ def paired_dataset(
       labelled_fraction: resumable mode: this share of every batch is drawn from
         the labelled examples (oversampling a few labels among many unlabelled);
         0 draws uniformly.
+      deterministic: keep the order of the parallel map (decode, view, degrade run
+        on every core either way). True: the batch at step g is the same in every
+        run, which the resumable stream's exact resume (and its tests) needs.
+        False: a slow element no longer holds back the ones after it, so the map
+        keeps more cores busy when element costs vary, but examples near a batch
+        boundary may land in the neighbouring batch: every example is still seen
+        once per epoch with the same view and augmentation, only the grouping
+        into batches varies from run to run (and a resumed run no longer replays
+        the exact batches). Evaluation order (`training=False`) is always kept.
+      precompute_lr: with `views` (or a teacher cache) and `keep_hr=False`, make
+        every image's LR views once, up front (`lr_views`), instead of warping
+        and degrading the HR image at every step: each step then only gathers.
+        Same values (the same ops, batched); needs a deterministic `spec` (one
+        size, probability 1) and arrays. Memory: N x K x h x w x C float32 (K
+        views; 10,000 faces x 2 views at 16x16x3: 61 MB), in place of the N HR
+        images (N x 112 x 112 x 3 uint8: 376 MB) the stream no longer holds.
     """
     if num_classes is not None and labels is not None and not isinstance(images, tf.data.Dataset):
         check_labels(labels, num_classes)
@@ -149,45 +168,38 @@ def paired_dataset(
     elif views is not None and augment != "none":
         raise ValueError(f"pass views or augment={augment!r}, not both (views replace augment)")
     aug = AUGMENTATIONS[augment] if training and views is None else None
-    head = None
-    if teacher_cache is not None and teacher_cache.head is not None:
-        kernel, scale = teacher_cache.head
-        kernel = kernel / np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
-        head = (tf.constant(kernel, tf.float32), float(scale))
+    head = cosine_head(teacher_cache.head) if teacher_cache is not None else None
+    arrays = None
+    if precompute_lr:
+        _check_precompute(images, views, spec, keep_hr)
+        arrays = _arrays(images, labels, teacher_cache, views)
+        lr = lr_views(arrays[0], arrays[2], spec, hr_size=hr_size, training=training)
+        arrays = (lr, *arrays[1:])  # the HR images are no longer needed
 
-    def _views(element, s):
-        image, label, *rest = element  # rest: view params[, embeddings[, logits]]
-        hr = to_float(image)
-        if hr_size is not None and (hr.shape[0] != hr_size or hr.shape[1] != hr_size):
-            hr = tf.image.resize(hr, (hr_size, hr_size), method="area")
-        out = {}
-        if rest:
-            params, cached = rest[0], rest[1:]
-            v = 0
-            if training and params.shape[0] > 1:
-                v = tf.random.stateless_uniform(
-                    [], seed=s + 3, maxval=params.shape[0], dtype=tf.int32
-                )
-                hr = apply_view(hr, params[v])
-            if cached:
-                out["teacher_embedding"] = cached[0][v]
-                if len(cached) > 1:
-                    out["teacher_logits"] = cached[1][v]
-                elif head is not None:
-                    e = cached[0][v]
-                    e = e * tf.math.rsqrt(tf.reduce_sum(tf.square(e)) + 1e-12)
-                    out["teacher_logits"] = head[1] * tf.linalg.matvec(head[0], e, transpose_a=True)
-        elif aug is not None:
-            hr = aug(hr, s)
-        out.update(hr=hr, lr=spec.apply(hr, seed=s + 13))
-        if not keep_hr:
-            del out["hr"]
-        return out, label
+        def _views(element, s):
+            lr, label, params, *cached = element
+            v = view_index(s, params.shape[0], training)
+            return {"lr": lr[v], **cached_outputs(cached, v, head)}, label
+
+    else:
+
+        def _views(element, s):
+            return paired_views(
+                element,
+                s,
+                spec=spec,
+                training=training,
+                augment_fn=aug,
+                hr_size=hr_size,
+                head=head,
+                keep_hr=keep_hr,
+            )
 
     if start_step is not None:
         if not training:
             raise ValueError("start_step (resumable stream) is for training datasets")
-        arrays = _arrays(images, labels, teacher_cache, views)
+        if arrays is None:
+            arrays = _arrays(images, labels, teacher_cache, views)
         labelled = np.flatnonzero(arrays[1] >= 0)
         k = int(round(labelled_fraction * batch_size)) if labelled_fraction else 0
         ds = _step_indexed_stream(len(arrays[1]), batch_size, seed, start_step, labelled, k)
@@ -198,11 +210,16 @@ def paired_dataset(
             return _views(tuple(tf.gather(c, i) for c in consts), s)
 
         ds = ds.map(
-            lambda ei: _map(ei[0], ei[1]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            lambda ei: _map(ei[0], ei[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
         )
         return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
-    ds = _as_dataset(images, labels, teacher_cache, views)
+    if arrays is not None:
+        ds = tf.data.Dataset.from_tensor_slices(arrays)
+    else:
+        ds = _as_dataset(images, labels, teacher_cache, views)
     if training:
         n = ds.cardinality()
         buf = shuffle_buffer or (int(n) if n > 0 else 10_000)
@@ -215,9 +232,151 @@ def paired_dataset(
     def _map(element, s):
         return _views(element, tf.cast(s % (2**31 - 1), tf.int32))
 
-    ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ordered = deterministic or not training
+    ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
     drop = training if drop_remainder is None else drop_remainder
     return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+
+
+def cosine_head(head):
+    """A cache's head `(kernel (D, C), scale)` as `(unit-column kernel tf constant, scale)`,
+    ready for `paired_views`; None stays None."""
+    if head is None:
+        return None
+    kernel, scale = head
+    kernel = kernel / np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
+    return tf.constant(kernel, tf.float32), float(scale)
+
+
+def paired_views(
+    element,
+    seed,
+    *,
+    spec,
+    training=True,
+    augment_fn=None,
+    hr_size=None,
+    head=None,
+    keep_hr=True,
+):
+    """One example's `({"hr", "lr"[, "teacher_embedding"[, "teacher_logits"]]}, label)`.
+
+    The map of `paired_dataset` (in-memory arrays) and of the streamed TFDS face
+    data sets (`lrface_tf.data.tfds_faces`): both show the same views.
+
+    Args:
+      element: `(image, label[, view params (K, P)[, teacher embeddings (K, D)[,
+        teacher logits (K, C)]]])`; image uint8 or float `(H, W, C)`.
+      seed: stateless seed of this example and epoch, int32 `(2,)`.
+      spec: `DegradationSpec` of the LR view.
+      training: with K > 1 views, show view v drawn from `seed` (view 0 otherwise);
+        the HR image is that view, the teacher outputs are view v's and the LR
+        view is made from it.
+      augment_fn: `(image, seed) -> image` for elements without view params.
+      hr_size: area-resize the HR image to this size first, if it differs.
+      head: `cosine_head(...)`: teacher logits computed from the cached
+        embedding when the element carries no logits.
+      keep_hr: False drops "hr" from the output.
+    """
+    image, label, *rest = element  # rest: view params[, embeddings[, logits]]
+    hr = to_float(image)
+    if hr_size is not None and (hr.shape[0] != hr_size or hr.shape[1] != hr_size):
+        hr = tf.image.resize(hr, (hr_size, hr_size), method="area")
+    out = {}
+    if rest:
+        params, cached = rest[0], rest[1:]
+        v = view_index(seed, params.shape[0], training)
+        if training and params.shape[0] > 1:
+            hr = apply_view(hr, params[v])
+        out.update(cached_outputs(cached, v, head))
+    elif augment_fn is not None:
+        hr = augment_fn(hr, seed)
+    out.update(hr=hr, lr=spec.apply(hr, seed=seed + 13))
+    if not keep_hr:
+        del out["hr"]
+    return out, label
+
+
+def view_index(seed, count, training=True):
+    """Which of an example's `count` views a step shows: drawn from its stateless
+    `seed` when training with several views, else view 0."""
+    if training and count > 1:
+        return tf.random.stateless_uniform([], seed=seed + 3, maxval=count, dtype=tf.int32)
+    return 0
+
+
+def cached_outputs(cached, v, head=None):
+    """View v's teacher outputs from an element's cached `(embeddings (K, D)[, logits (K, C)])`:
+    `{"teacher_embedding"[, "teacher_logits"]}`, the logits from `head` (`cosine_head`)
+    when none are stored."""
+    out = {}
+    if cached:
+        out["teacher_embedding"] = cached[0][v]
+        if len(cached) > 1:
+            out["teacher_logits"] = cached[1][v]
+        elif head is not None:
+            e = cached[0][v]
+            e = e * tf.math.rsqrt(tf.reduce_sum(tf.square(e)) + 1e-12)
+            out["teacher_logits"] = head[1] * tf.linalg.matvec(head[0], e, transpose_a=True)
+    return out
+
+
+def is_deterministic(spec):
+    """A `DegradationSpec` that degrades every image the same way (one size, probability 1)."""
+    return len(spec.sizes) == 1 and spec.probability >= 1.0
+
+
+def lr_views(images, params, spec, *, hr_size=None, training=True, batch_size=256):
+    """Every image's LR views, made once: `(N, K, h, w, C)` float32 (`(N, 1, ...)` when
+    only view 0 is ever shown: one view, or `training=False`).
+
+    The same ops `paired_views` runs per example and step (to float, the area
+    resize to `hr_size`, the view's warp and colour, the deterministic
+    degradation), batched; `paired_dataset(precompute_lr=True)` then only gathers.
+
+    Args:
+      images: uint8/float `(N, H, W, C)`.
+      params: `(N, K, P)` the views' parameters (`ViewSpec.params`, axes swapped).
+      spec: a deterministic `DegradationSpec` (`is_deterministic`).
+    """
+    if not is_deterministic(spec):
+        raise ValueError(
+            f"LR views can be made once only for a deterministic degradation (one size, "
+            f"probability 1), got sizes {list(spec.sizes)} with probability {spec.probability}"
+        )
+    count = params.shape[1] if training else 1
+
+    @tf.function(reduce_retracing=True)
+    def make(x, p):
+        x = to_float(x)
+        if hr_size is not None and (x.shape[1] != hr_size or x.shape[2] != hr_size):
+            x = tf.image.resize(x, (hr_size, hr_size), method="area")
+        out = []
+        for v in range(count):
+            xv = apply_view(x, p[:, v]) if count > 1 else x
+            out.append(
+                degrade(xv, spec.sizes[0], spec.kernel, spec.output_size, spec.upsample_kernel)
+            )
+        return tf.stack(out, axis=1)
+
+    parts = [
+        make(tf.constant(images[i : i + batch_size]), tf.constant(params[i : i + batch_size]))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate([p.numpy() for p in parts])
+
+
+def _check_precompute(images, views, spec, keep_hr):
+    if isinstance(images, tf.data.Dataset) or views is None or keep_hr:
+        raise ValueError(
+            "precompute_lr needs in-memory arrays, views (or a teacher cache) and keep_hr=False "
+            "(the HR view is what it saves making)"
+        )
+    if not is_deterministic(spec):
+        raise ValueError(
+            f"precompute_lr needs a deterministic degradation (one size, probability 1), got "
+            f"sizes {list(spec.sizes)} with probability {spec.probability}"
+        )
 
 
 def check_labels(labels, num_classes):

@@ -114,7 +114,7 @@ class TeacherCache:
         views = views or ViewSpec()
         images = _nhwc(images)
         params = views.params(image_keys(images))
-        emb, logits = _run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime)
+        emb, logits = run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime)
         fp = fingerprint(teacher, views, hr_size, runtime)
         return cls(emb, logits, params, views, fp)
 
@@ -124,17 +124,21 @@ def _nhwc(images):
     return images[..., None] if images.ndim == 3 else images
 
 
-def _run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime):
-    """`(V, N, D)` embeddings and `(V, N, C)` logits (or None) of every image and view."""
+def run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime):
+    """`(V, N, D)` embeddings and `(V, N, C)` logits (or None) of every image and view.
+
+    Args:
+      images: uint8 `(N, H, W, C)`; params: `(V, N, P)` view parameters.
+      hr_size: area-resize the images to this size first, if they differ.
+      runtime: "keras", "tflite", or a `teacher_runner` made once for many calls.
+    """
     import keras
     import tensorflow as tf
 
     from lrface_tf.data.pipeline import to_float
     from lrface_tf.data.views import apply_view
 
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown cache runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
-    run = _tflite_runner(teacher) if runtime == "tflite" else teacher.predict_on_batch
+    run = runtime if callable(runtime) else teacher_runner(teacher, runtime)
 
     @tf.function
     def prepare(x, p):
@@ -165,6 +169,16 @@ def _run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime
         if l_v:
             logits.append(np.concatenate(l_v))
     return np.stack(embs), (np.stack(logits) if logits else None)
+
+
+def teacher_runner(teacher, runtime="keras"):
+    """`batch -> outputs` of the frozen teacher: Keras' compiled predict, or a LiteRT copy.
+
+    Pass it as `runtime` to `run_teacher` to convert a teacher once for many batches.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown cache runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    return _tflite_runner(teacher) if runtime == "tflite" else teacher.predict_on_batch
 
 
 def _tflite_runner(teacher):
@@ -249,9 +263,7 @@ def load_or_build(
         if missing:
             part = images[np.sort(missing)]
             params = views.params(keys[np.sort(missing)])
-            emb, logits = _run_teacher(
-                teacher, part, params, batch_size, hr_size, progress, runtime
-            )
+            emb, logits = run_teacher(teacher, part, params, batch_size, hr_size, progress, runtime)
             new = {"keys": keys[np.sort(missing)], "embedding": emb, "params": params}
             if logits is not None:
                 new["logits"] = logits

@@ -14,6 +14,10 @@ class CosineHead(layers.Layer):
     `lrface_tf.losses.MarginCrossEntropy` at training time, so inference needs
     no labels and the head exports like any layer.
 
+    Computes in float32 unless given another `dtype`, whatever the global
+    policy: under mixed precision the logits (and the margin loss on them) stay
+    float32, as Keras' mixed-precision guide asks of a model's last layer.
+
     Args:
       num_classes: C.
       scale: s.
@@ -26,6 +30,7 @@ class CosineHead(layers.Layer):
     """
 
     def __init__(self, num_classes, scale=32.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.scale = float(scale)
@@ -50,9 +55,13 @@ class CosineHead(layers.Layer):
 
 
 def build_head(kind, num_classes, scale=32.0, name="logits"):
-    """ "softmax" -> Dense; "arcface"/"cosface" -> CosineHead (margin in the loss)."""
+    """ "softmax" -> Dense; "arcface"/"cosface" -> CosineHead (margin in the loss).
+
+    Both compute in float32 whatever the global dtype policy (float32 logits
+    under mixed precision).
+    """
     if kind == "softmax":
-        return layers.Dense(num_classes, name=name)
+        return layers.Dense(num_classes, name=name, dtype="float32")
     if kind in ("arcface", "cosface"):
         return CosineHead(num_classes, scale=scale, name=name)
     raise ValueError(f"unknown head {kind!r}: use softmax, arcface or cosface")

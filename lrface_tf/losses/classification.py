@@ -39,7 +39,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        logits = ops.convert_to_tensor(y_pred)
+        logits = ops.cast(y_pred, "float32")  # float32 whatever the policy (mixed precision)
         c = logits.shape[-1]
         y, mask = _labels_and_mask(y_true, c)
         onehot = ops.one_hot(y, c)
@@ -78,7 +78,7 @@ class MarginCrossEntropy(keras.losses.Loss):
         self.kind = kind
 
     def call(self, y_true, y_pred):
-        logits = ops.convert_to_tensor(y_pred)
+        logits = ops.cast(y_pred, "float32")  # float32 whatever the policy (mixed precision)
         c = logits.shape[-1]
         y, mask = _labels_and_mask(y_true, c)
         onehot = ops.one_hot(y, c)

@@ -4,6 +4,7 @@ from lrface_tf.models.distiller import Distiller, DistillTerm
 from lrface_tf.models.recognizer import (
     build_recognizer,
     embedding_model,
+    float32_copy,
     logits_model,
     synchronize_batchnorm,
     task_loss_for,
@@ -14,6 +15,7 @@ __all__ = [
     "Distiller",
     "build_recognizer",
     "embedding_model",
+    "float32_copy",
     "logits_model",
     "synchronize_batchnorm",
     "task_loss_for",

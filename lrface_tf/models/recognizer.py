@@ -128,3 +128,35 @@ def synchronize_batchnorm(model):
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def float32_copy(model):
+    """`model` itself when every layer computes in float32; else a float32 copy, same weights.
+
+    A model built under a mixed-precision policy keeps half-precision layers when
+    saved and exported; TFLite has no bfloat16 kernels (conversion fails) and a
+    CPU runs half precision slowly. Exports and saved model files therefore hold
+    this copy: float32 from input to outputs, the trained weights unchanged
+    (weights are float32 under mixed precision, so nothing is rounded).
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return float32_copy(layer)
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
