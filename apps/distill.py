@@ -127,6 +127,7 @@ def main(argv):
             metrics=result,
             config=cfg.to_dict(),
             flags_text=runner.flags_text(),
+            command=runner.command(),
             spec=cfg.spec,
         )
 

@@ -113,7 +113,7 @@ def classification(models, out):
         f"{100 * r['top1']:.2f} | {100 * r['top5']:.2f} |"
         for r in rows
     ]
-    return rows, md
+    return rows, md, {}
 
 
 def verification(models, out):
@@ -183,7 +183,7 @@ def verification(models, out):
         "over folds, thresholds fit on the other folds per condition.",
         "",
     ]
-    return rows, header + md
+    return rows, header + md, {}
 
 
 def identification(models, out):
@@ -202,6 +202,10 @@ def identification(models, out):
     from lrface_tf.eval.plots import plot_cmc
 
     folder = identity_folder(FLAGS.identification_root, min_images=2, on_error="skip")
+    reasons = folder.report.counts_by_reason()
+    if reasons:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        print(f"skipped {sum(reasons.values())} files ({counts}); listed in results.json")
     if folder.num_classes < 2:
         raise ValueError(f"{FLAGS.identification_root}: needs >= 2 people with >= 2 images each")
     images = load_images(folder.paths, FLAGS.image_size)
@@ -261,7 +265,7 @@ def identification(models, out):
                 f"{100 * row['rank5']:.2f} | {lp_cells} |"
             )
     plot_cmc(curves, os.path.join(out, "cmc.png"))
-    return rows, md
+    return rows, md, {"data": folder.report.to_dict()}
 
 
 def main(argv):
@@ -276,14 +280,19 @@ def main(argv):
     out = output.folder("evaluate")
     with RunFolder(out):  # the folder is writable and ours before any work is done
         if FLAGS.pairs:
-            rows, md = verification(models, out)
+            rows, md, extra = verification(models, out)
         elif FLAGS.identification_root:
-            rows, md = identification(models, out)
+            rows, md, extra = identification(models, out)
         else:
-            rows, md = classification(models, out)
-        write_json(os.path.join(out, "results.json"), {"rows": rows})
+            rows, md, extra = classification(models, out)
+        write_json(os.path.join(out, "results.json"), {"rows": rows, **extra})
         write_text(os.path.join(out, "results.md"), "\n".join(md) + "\n")
-        write_record(out, metrics={"results": "results.json"}, flags_text=runner.flags_text())
+        write_record(
+            out,
+            metrics={"results": "results.json"},
+            flags_text=runner.flags_text(),
+            command=runner.command(),
+        )
     print("\n".join(md))
 
 

@@ -47,7 +47,13 @@ def main(argv):
             strategy=strategy,
             callbacks=devices.fault_injection(),
         )
-        write_record(out, metrics=result, config=config, flags_text=runner.flags_text())
+        write_record(
+            out,
+            metrics=result,
+            config=config,
+            flags_text=runner.flags_text(),
+            command=runner.command(),
+        )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,13 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and execution of one training stage."""
+    """Optimisation and execution of one training stage.
+
+    `precision` is the Keras dtype policy the stage's models are built under;
+    `jit_compile` compiles the train step with XLA; `deterministic_input=False`
+    lets the input map deliver out of order (faster, batches vary between runs;
+    see `lrface_tf.data.pipeline.paired_dataset`).
+    """
 
     epochs: int = 5
     batch_size: int = 128
@@ -76,6 +82,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     jit_compile: bool = False
     precision: str = "float32"
+    deterministic_input: bool = True
 
     def __post_init__(self):
         check_int("epochs", self.epochs, 1)
@@ -187,11 +194,7 @@ class DistillConfig:
             raise ValueError("--stages=two_stage needs a distillation method, not baseline")
         if self.student.backbone == "teacher" and self.stages.init_from != "teacher":
             raise ValueError("--student_backbone=teacher needs --init_from=teacher")
-        if max(self.spec.sizes) > self.data.image_size:
-            raise ValueError(
-                f"LR sizes {list(self.spec.sizes)} exceed the HR size {self.data.image_size}; "
-                "lower --student_size / --lr_sizes or raise --teacher_size"
-            )
+        self.spec.check_hr_size(self.data.image_size)
         if self.spec.student_size != self.student.input_size:
             raise ValueError(
                 f"the LR view is {self.spec.student_size} px but the student takes "

@@ -19,6 +19,7 @@ One run, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from lrface_tf.data.degrade import DegradationSpec
@@ -119,6 +120,7 @@ def build_student(cfg, num_classes, channels, teacher=None, name="student"):
 
     from lrface_tf.backbones import build_backbone
     from lrface_tf.layers.heads import build_head
+    from lrface_tf.models.recognizer import as_float32
 
     if cfg.backbone == "teacher":
         if teacher is None:
@@ -140,7 +142,7 @@ def build_student(cfg, num_classes, channels, teacher=None, name="student"):
         freeze_batchnorm(backbone)
     image = keras.Input((cfg.input_size, cfg.input_size, channels), name="image")
     emb = backbone(image)
-    emb = emb["embedding"] if isinstance(emb, dict) else emb
+    emb = as_float32(emb["embedding"] if isinstance(emb, dict) else emb)
     outputs = {"embedding": emb}
     if cfg.head != "none" and num_classes > 0:
         outputs["logits"] = build_head(cfg.head, num_classes, cfg.margin_scale)(emb)
@@ -254,6 +256,7 @@ def _distill(config, *, strategy, callbacks, log):
             )
             log(f"teacher cache ({cache_views.count} views): {status} {path}")
             result["teacher_cache"] = {"status": status, "path": path, "views": cache.num_views}
+        base_teacher = teacher
         if config.teacher_head == "class_mean":
             teacher, cache = class_mean_teacher(
                 teacher, cache, data.labels, data.num_classes, config.teacher_head_scale
@@ -318,13 +321,15 @@ def _distill(config, *, strategy, callbacks, log):
             out_dir=out,
             callbacks=callbacks,
             labelled_fraction=config.data.labelled_fraction,
+            resume_config=_resume_key(config, "student"),
+            log=log,
         )
     result.update(
         history=history,
         train_seconds=seconds,
         params=int(embedding_network(student).count_params()),
     )
-    result.update(evaluate_student(student, data, config))
+    result.update(evaluate_student(student, data, config, base_teacher))
     for line in _summary(result, config):
         log(line)
     save_keras(student, os.path.join(out, "student.keras"))
@@ -344,6 +349,21 @@ def _stored_teacher_outputs(config, stream, teacher, views, result, log):
         "views": stored.num_views,
     }
     return stored
+
+
+def _train_key(train):
+    """The optimisation settings that shape a run (not how verbose it is)."""
+    return {k: v for k, v in dataclasses.asdict(train).items() if k != "verbose"}
+
+
+def _resume_key(config, stage):
+    """What a backup must have been written by to be resumed: everything that shapes the
+    training stream and the networks of this stage (not where outputs go or evaluation)."""
+    d = config.to_dict()
+    for k in ("output_dir", "val_pairs", "val_image_root", "cache_dir"):
+        d.pop(k, None)
+    d["train"] = _train_key(config.train)
+    return {"stage": stage, **d}
 
 
 def _check_batches(n, batch_size):
@@ -382,12 +402,16 @@ def train_stage(
     callbacks=(),
     student_view="lr",
     labelled_fraction=0.0,
+    resume_config=None,
+    log=print,
 ):
     """One Distiller trained with `fit()` on a resumable, step-indexed stream.
 
     Returns (history dict, seconds).
     """
-    from lrface_tf.data.pipeline import paired_dataset
+    import dataclasses
+
+    from lrface_tf.data.pipeline import is_deterministic, paired_dataset
     from lrface_tf.models import Distiller, synchronize_batchnorm
     from lrface_tf.training import compile_and_fit
 
@@ -403,6 +427,8 @@ def train_stage(
         student_view=student_view,
     )
     keep_hr = student_view == "hr" or (bool(terms) and cache is None)
+    if cache is not None and all(t.output != "logits" for t in terms.values()):
+        cache = dataclasses.replace(cache, head=None)  # no term reads the teacher's logits
     labels = data.labels
     steps = max(1, (data.epoch_examples or len(labels)) // train.batch_size)
 
@@ -419,6 +445,7 @@ def train_stage(
                 views=views,
                 teacher_outputs=cache,
                 keep_hr=keep_hr,
+                deterministic=train.deterministic_input,
             )
         return paired_dataset(
             data.images,
@@ -434,10 +461,20 @@ def train_stage(
             num_classes=max(data.num_classes, 1),
             keep_hr=keep_hr,
             labelled_fraction=labelled_fraction,
+            deterministic=train.deterministic_input,
+            # Fixed views, no HR view needed: make the LR views once, not every step.
+            precompute_lr=views is not None and not keep_hr and is_deterministic(spec),
         )
 
     return compile_and_fit(
-        distiller, dataset, train, steps_per_epoch=steps, output_dir=out_dir, callbacks=callbacks
+        distiller,
+        dataset,
+        train,
+        steps_per_epoch=steps,
+        output_dir=out_dir,
+        callbacks=callbacks,
+        config=resume_config,
+        log=log,
     )
 
 
@@ -470,6 +507,8 @@ def _train_assistant(config, data, teacher, cache, views, folder, callbacks, log
         train=train,
         out_dir=folder,
         callbacks=callbacks,
+        resume_config=_resume_key(config, "assistant"),
+        log=log,
     )
     record = {
         "history": history,
@@ -497,8 +536,10 @@ def test_accuracy(model, test, spec):
     return classification_accuracy(model, single_view_dataset(*test, spec=plain, batch_size=500))
 
 
-def evaluate_student(student, data, config):
-    """Test-split accuracy and validation-pair verification at the student's size."""
+def evaluate_student(student, data, config, teacher=None):
+    """Test-split accuracy, and validation-pair verification at the student's size:
+    probe-only, both sides, full resolution, and (with a teacher of the same embedding
+    size) the cross-model protocol: the teacher's HR gallery against the student's LR probe."""
     out = {}
     if data.test is not None and "logits" in student.output:
         out["test"] = test_accuracy(student, data.test, config.spec)
@@ -508,7 +549,11 @@ def evaluate_student(student, data, config):
         pairs = load_pair_images(config.val_pairs, config.val_image_root, config.data.image_size)
         net, rows, cache = embedding_network(student), [], {}
         size = config.spec.sizes[0]
-        for probe, side in ((size, "probe"), (size, "both"), (None, "probe")):
+        conditions = [(size, "probe"), (size, "both"), (None, "probe")]
+        gallery = embedding_network(teacher) if teacher is not None else None
+        if gallery is not None and gallery.output_shape[-1] == net.output_shape[-1]:
+            conditions.append((size, "cross"))
+        for probe, side in conditions:
             r = evaluate_pairs(
                 net,
                 pairs,
@@ -517,6 +562,7 @@ def evaluate_student(student, data, config):
                 config.spec.kernel,
                 config.spec.upsample_kernel,
                 cache=cache,
+                gallery_model=gallery,
             )
             r.pop("scores"), r.pop("roc")
             rows.append(r)
@@ -598,6 +644,14 @@ def _train_teacher(data_config, model, train, *, augment, output_dir, strategy, 
             out_dir=output_dir,
             callbacks=callbacks,
             student_view="hr",
+            resume_config={
+                "stage": "teacher",
+                "data": dataclasses.asdict(data_config),
+                "model": dataclasses.asdict(model),
+                "train": _train_key(train),
+                "augment": augment,
+            },
+            log=log,
         )
     result = {
         "history": history,

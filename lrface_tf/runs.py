@@ -29,6 +29,10 @@ class RunFolderBusy(RuntimeError):
     """Another live process holds the run folder."""
 
 
+class RunFolderUnusable(ValueError):
+    """The run folder cannot be created or written."""
+
+
 class RunFolder:
     """Exclusive ownership of a run folder for the life of a run (a context manager).
 
@@ -48,9 +52,15 @@ class RunFolder:
         import fcntl
 
         self._created = not os.path.exists(self.path)
-        os.makedirs(self.path, exist_ok=True)
         lock = os.path.join(self.path, LOCK_FILE)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFolderUnusable(
+                f"cannot write the output folder {self.path} ({e.strerror}); pass a writable "
+                "--output_dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -84,7 +94,7 @@ def _now():
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def write_record(folder, *, metrics, config=None, flags_text=None, spec=None):
+def write_record(folder, *, metrics, config=None, flags_text=None, spec=None, command=None):
     """Write a run's record files into `folder`, each atomically, metrics.json last.
 
     A reader that finds metrics.json finds the whole record. `metrics` gets the
@@ -99,7 +109,10 @@ def write_record(folder, *, metrics, config=None, flags_text=None, spec=None):
         write_json(os.path.join(folder, "config.json"), config)
     if spec is not None:
         write_json(os.path.join(folder, "degradation.json"), spec.to_dict())
-    write_json(os.path.join(folder, "metrics.json"), {**metrics, **provenance()})
+    record = {**metrics, **provenance()}
+    if command is not None:
+        record["command"] = command
+    write_json(os.path.join(folder, "metrics.json"), record)
 
 
 def provenance():

@@ -83,7 +83,7 @@ def test_a_critic_that_can_learn_brings_the_term_below_log_one_plus_n():
     opt = keras.optimizers.Adam(3e-3)
     step = tf.function(lambda t, s, y: _train_step(m, opt, t, s, y))
     values = []
-    for i in range(300):
+    for _ in range(300):
         idx = RNG.randint(0, 512, 32)
         t = pool[idx]
         s = t + 0.1 * RNG.randn(32, d).astype(np.float32)

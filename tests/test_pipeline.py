@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from lrface_tf.data.degrade import DegradationSpec, degrade
 from lrface_tf.data.pipeline import UNLABELLED, class_balanced_subset, paired_dataset
@@ -86,8 +87,6 @@ def test_resumable_stream_depends_only_on_the_global_step():
 
 
 def test_out_of_range_labels_are_refused_up_front():
-    import pytest
-
     x, y = digits(20)
     y = y.copy()
     y[7] = 12
@@ -95,3 +94,58 @@ def test_out_of_range_labels_are_refused_up_front():
         paired_dataset(x, y, spec=DegradationSpec(sizes=(4,)), batch_size=4, num_classes=10)
     y[7] = -1  # unlabelled is fine
     paired_dataset(x, y, spec=DegradationSpec(sizes=(4,)), batch_size=4, num_classes=10)
+
+
+def _view_streams(**kw):
+    """Digits with ids as labels, 3 views (shift, rotation, colour) and a fake teacher cache."""
+    from lrface_tf.data.teacher_cache import TeacherCache, image_keys
+    from lrface_tf.data.views import ViewSpec
+
+    x, _ = digits(48)
+    ids = np.arange(48, dtype=np.int32)
+    views = ViewSpec(count=3, shift=0.1, rotation=10.0, colour=0.2)
+    emb = np.random.RandomState(0).randn(3, 48, 4).astype(np.float32)
+    cache = TeacherCache(emb, None, views.params(image_keys(x)), views, "test")
+    cache = cache.with_head(np.random.RandomState(1).randn(4, 5).astype(np.float32), 8.0)
+    base = dict(spec=DegradationSpec(sizes=(4,)), batch_size=8, seed=2, augment="none")
+    return x, paired_dataset(x, ids, teacher_cache=cache, keep_hr=False, **{**base, **kw})
+
+
+@pytest.mark.parametrize("start_step", [0, None])  # resumable stream, one shuffled pass
+def test_precomputed_lr_views_equal_the_views_made_every_step(start_step):
+    every_step = _batches_of(_view_streams(start_step=start_step)[1], 12)
+    once = _batches_of(_view_streams(start_step=start_step, precompute_lr=True)[1], 12)
+    assert len(once) == len(every_step) == (6 if start_step is None else 12)
+    for (a, ya), (b, yb) in zip(every_step, once):
+        np.testing.assert_array_equal(ya, yb)  # the same examples, in the same order
+        assert sorted(a) == sorted(b) == ["lr", "teacher_embedding", "teacher_logits"]
+        np.testing.assert_allclose(b["lr"], a["lr"], atol=1e-6)  # the same ops, batched
+        np.testing.assert_array_equal(b["teacher_embedding"], a["teacher_embedding"])
+        np.testing.assert_allclose(b["teacher_logits"], a["teacher_logits"], atol=1e-5)
+
+
+def _batches_of(ds, k):
+    return [({n: v.numpy() for n, v in x.items()}, y.numpy()) for x, y in ds.take(k)]
+
+
+def test_unordered_input_keeps_the_examples_and_their_views():
+    # One pass over 48 examples (ids as labels) in 6 batches; out of order, each
+    # example still comes once, with the view and degradation its seed gives.
+    def by_id(ds):
+        batches = _batches_of(ds, 100)
+        assert len(batches) == 6
+        return {int(i): lr for x, y in batches for i, lr in zip(y, x["lr"])}
+
+    ordered, unordered = by_id(_view_streams()[1]), by_id(_view_streams(deterministic=False)[1])
+    assert sorted(ordered) == sorted(unordered) == list(range(48))
+    for i in ordered:
+        np.testing.assert_array_equal(ordered[i], unordered[i])
+
+
+def test_precompute_lr_refuses_what_it_cannot_do():
+    x, y = digits(16)
+    with pytest.raises(ValueError, match="keep_hr=False"):
+        paired_dataset(x, y, spec=DegradationSpec(sizes=(4,)), batch_size=4, precompute_lr=True)
+    random_size = DegradationSpec(sizes=(2, 4), output_size=4)
+    with pytest.raises(ValueError, match="deterministic degradation"):
+        _view_streams(start_step=0, precompute_lr=True, spec=random_size)

@@ -17,7 +17,7 @@ from lrface_tf.data.sources import DataConfig
 from lrface_tf.experiment import build_student, distill, train_teacher
 from lrface_tf.losses import MarginCrossEntropy
 from lrface_tf.methods import METHODS, method_terms
-from lrface_tf.models import Distiller, float32_copy
+from lrface_tf.models import Distiller, build_recognizer, float32_copy
 from lrface_tf.training import compile_and_fit, precision_policy
 from tests.test_case import degenerate_batch, digits, tiny_distiller
 
@@ -150,6 +150,17 @@ def test_a_student_trained_under_mixed_bfloat16_exports_float32(fits, tmp_path):
     loaded = keras.saving.load_model(save_keras(student, str(tmp_path / "student.keras")))
     assert {layer.dtype_policy.name for layer in loaded.layers[1].layers} == {"float32"}
     np.testing.assert_allclose(loaded(x)["embedding"], ref["embedding"], atol=1e-6)
+
+
+def test_a_half_precision_backbone_still_gives_float32_outputs():
+    with precision_policy(MIXED):
+        image = keras.Input((4, 4, 1))
+        half = keras.layers.Dense(6)(keras.layers.Flatten()(image))  # last layer in bfloat16
+        model = build_recognizer(keras.Model(image, half), 4, 3, channels=1)
+    assert half.dtype == "bfloat16"
+    assert model.get_layer("embedding_float32").compute_dtype == "float32"
+    out = model(np.ones((2, 4, 4, 1), np.float32))
+    assert {k: v.dtype for k, v in out.items()} == {"embedding": "float32", "logits": "float32"}
 
 
 def test_mixed_float16_scales_the_loss():

@@ -194,10 +194,8 @@ def test_each_step_shows_one_view_with_its_stored_outputs(built):
     teacher = keras.saving.load_model(built["t_logits"], compile=False)
     batches = _stream(ds, ds.labels(), teacher_outputs=ds.teacher_outputs(teacher))
     assert len(batches) == 7
-    for batch, _ in batches:
-        out = teacher.predict_on_batch(
-            batch["hr"]
-        )  # the HR view is the view whose outputs ride along
+    for batch, _ in batches:  # the HR view shown is the view whose stored outputs ride along
+        out = teacher.predict_on_batch(batch["hr"])
         np.testing.assert_allclose(batch["teacher_embedding"], out["embedding"], atol=1e-4)
         np.testing.assert_allclose(batch["teacher_logits"], out["logits"], atol=1e-4)
         lr = tf.image.resize(batch["hr"], (8, 8), method="area").numpy()
@@ -217,6 +215,30 @@ def test_a_resumed_stream_sees_the_batches_of_an_uninterrupted_one_also_mirrored
     for (a, ya), (b, yb) in zip(whole, two):
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_allclose(a["lr"], b["lr"], atol=1e-6)
+
+
+def test_each_worker_reads_its_own_shards(built):
+    """Two input pipelines (workers) of one replica each, as MultiWorkerMirroredStrategy's
+    `distribute_datasets_from_function` makes them: disjoint shards, half the global batch."""
+
+    class TwoWorkers:
+        def distribute_datasets_from_function(self, fn):
+            return [fn(tf.distribute.InputContext(2, i, 2)) for i in range(2)]
+
+    ds = built["logits"]  # 3 shards: worker 0 reads two, worker 1 one
+    workers = ds.paired_dataset(
+        ds.labels(),
+        spec=DegradationSpec("area", (8,)),
+        batch_size=4,
+        end_step=5,
+        strategy=TwoWorkers(),
+    )
+    seen = []
+    for worker in workers:
+        batches = list(worker.as_numpy_iterator())
+        assert len(batches) == 5 and all(len(y) == 2 for _, y in batches)
+        seen.append({x.tobytes() for b, _ in batches for x in np.round(b["hr"] * 255)})
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
 
 
 def test_subsets_and_held_out_people_are_the_in_memory_ones(faces, built):

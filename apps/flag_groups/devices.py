@@ -14,6 +14,11 @@ flags.DEFINE_bool(
     "deterministic", False, "TF op determinism: reproducible runs (slower); resume tests use it."
 )
 flags.DEFINE_integer(
+    "worker_timeout",
+    600,
+    "multi_worker: seconds to wait for every worker of TF_CONFIG to join before giving up.",
+)
+flags.DEFINE_integer(
     "debug_sigkill_at_step", 0, "Fault injection (tests): SIGKILL this process after step N."
 )
 
@@ -40,7 +45,9 @@ def strategy(batch_size):
     devices = None
     if FLAGS.strategy == "mirrored" and FLAGS.cpu_devices > 1:
         devices = [f"/cpu:{i}" for i in range(FLAGS.cpu_devices)]
-    s = make_strategy(FLAGS.strategy, devices)
+    if FLAGS.worker_timeout < 1:
+        raise ValueError(f"--worker_timeout must be >= 1 second, got {FLAGS.worker_timeout}")
+    s = make_strategy(FLAGS.strategy, devices, worker_timeout=FLAGS.worker_timeout)
     check_batch_divides(batch_size, s)
     return s
 

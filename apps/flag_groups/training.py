@@ -27,7 +27,19 @@ flags.DEFINE_bool(
     "BatchNorm statistics over the global batch under a strategy (default: per replica).",
 )
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Keras dtype policy.")
+flags.DEFINE_enum(
+    "precision",
+    "float32",
+    list(PRECISIONS),
+    "Keras dtype policy of the models (mixed_float16: GPUs with a loss-scale optimizer; "
+    "mixed_bfloat16: TPUs, recent GPUs and CPUs); losses and outputs stay float32.",
+)
+flags.DEFINE_bool(
+    "deterministic_input",
+    True,
+    "Keep the input map's order: the same batches in every run and an exact resume. "
+    "--nodeterministic_input lets slow examples be overtaken (faster input; batches vary).",
+)
 
 
 def config(epochs=None, verbose=2):
@@ -48,4 +60,5 @@ def config(epochs=None, verbose=2):
         sync_batchnorm=FLAGS.sync_batchnorm,
         jit_compile=FLAGS.jit_compile,
         precision=FLAGS.precision,
+        deterministic_input=FLAGS.deterministic_input,
     )

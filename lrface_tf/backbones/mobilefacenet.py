@@ -27,14 +27,14 @@ MOBILEFACENET_SPECS = {
         ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1)),
         512,
         128,
-    ),  # fmt: skip
+    ),
     "mobilefacenet16": (
         1,
         32,
         ((2, 48, 2, 2), (4, 96, 1, 2), (2, 96, 4, 1), (4, 128, 1, 1), (2, 128, 2, 1)),
         512,
         128,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -49,8 +49,14 @@ def _act(x, name):
 def _conv(x, filters, kernel, stride, name, act=True):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-    x = layers.Conv2D(filters, kernel, strides=stride, use_bias=False,
-                      padding="valid" if stride > 1 else "same", name=f"{name}_conv")(x)  # fmt: skip
+    x = layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        use_bias=False,
+        padding="valid" if stride > 1 else "same",
+        name=f"{name}_conv",
+    )(x)
     x = _bn(x, f"{name}_bn")
     return _act(x, f"{name}_prelu") if act else x
 
@@ -58,9 +64,13 @@ def _conv(x, filters, kernel, stride, name, act=True):
 def _depthwise(x, kernel, stride, name, act=True):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-    x = layers.DepthwiseConv2D(kernel, strides=stride, use_bias=False,
-                               padding="valid" if stride > 1 else "same",
-                               name=f"{name}_dw")(x)  # fmt: skip
+    x = layers.DepthwiseConv2D(
+        kernel,
+        strides=stride,
+        use_bias=False,
+        padding="valid" if stride > 1 else "same",
+        name=f"{name}_dw",
+    )(x)
     x = _bn(x, f"{name}_bn")
     return _act(x, f"{name}_prelu") if act else x
 
@@ -75,8 +85,17 @@ def bottleneck(x, expansion, channels, stride, name):
     return y
 
 
-def mobilefacenet(input_shape, *, stem_stride, stem_width, stages, wide, embedding_dim=128,
-                  width_multiplier=1.0, name="mobilefacenet"):  # fmt: skip
+def mobilefacenet(
+    input_shape,
+    *,
+    stem_stride,
+    stem_width,
+    stages,
+    wide,
+    embedding_dim=128,
+    width_multiplier=1.0,
+    name="mobilefacenet",
+):
     """A MobileFaceNet mapping `(B, H, W, C)` images in [0, 1] to `(B, D)` embeddings.
 
     Args:
@@ -112,8 +131,9 @@ def mobilefacenet(input_shape, *, stem_stride, stem_width, stages, wide, embeddi
     return keras.Model(image, emb, name=name)
 
 
-def mobilefacenet_from_spec(spec_name, input_shape, width_multiplier=1.0, embedding_dim=None,
-                            **kwargs):  # fmt: skip
+def mobilefacenet_from_spec(
+    spec_name, input_shape, width_multiplier=1.0, embedding_dim=None, **kwargs
+):
     """One of `MOBILEFACENET_SPECS` ("mobilefacenet", "mobilefacenet16")."""
     if spec_name not in MOBILEFACENET_SPECS:
         raise ValueError(
@@ -121,7 +141,13 @@ def mobilefacenet_from_spec(spec_name, input_shape, width_multiplier=1.0, embedd
         )
     stride, stem, stages, wide, dim = MOBILEFACENET_SPECS[spec_name]
     return mobilefacenet(
-        input_shape, stem_stride=stride, stem_width=stem, stages=stages, wide=wide,
-        embedding_dim=embedding_dim or dim, width_multiplier=width_multiplier, name=spec_name,
+        input_shape,
+        stem_stride=stride,
+        stem_width=stem,
+        stages=stages,
+        wide=wide,
+        embedding_dim=embedding_dim or dim,
+        width_multiplier=width_multiplier,
+        name=spec_name,
         **kwargs,
-    )  # fmt: skip
+    )

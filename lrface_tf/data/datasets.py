@@ -392,6 +392,11 @@ def lfw_pairs(path, root=None, ext=".jpg"):
             raise ValueError
     except ValueError:
         raise DataError(f"{path}:1: header must be 'N' or 'FOLDS N', got {lines[0]!r}") from None
+    if folds < 1 or per < 1:
+        raise DataError(
+            f"{path}:1: header {lines[0]!r} announces no pairs; it must be 'N' or 'FOLDS N' "
+            "with N >= 1 (pairs per kind per fold)"
+        )
     body = lines[1:]
     if len(body) != folds * 2 * per:
         raise DataError(

@@ -150,12 +150,18 @@ class DegradationSpec:
     def __post_init__(self):
         _check_kernel(self.kernel, KERNELS, "degradation kernel")
         _check_kernel(self.upsample_kernel, UPSAMPLE_KERNELS, "upsample kernel")
-        sizes = tuple(int(s) for s in self.sizes)
+        from lrface_tf.validation import check_fraction, check_int
+
+        try:
+            sizes = tuple(check_int("degradation size", s, 1) for s in self.sizes)
+        except ValueError as e:
+            raise ValueError(f"{e} (sizes {self.sizes}); LR sizes are whole pixels >= 1") from None
+        if not sizes:
+            raise ValueError("degradation sizes must not be empty")
         object.__setattr__(self, "sizes", sizes)
-        if not sizes or min(sizes) < 1:
-            raise ValueError(f"degradation sizes must be positive integers, got {self.sizes}")
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f"degradation probability must be in [0, 1], got {self.probability}")
+        check_fraction("degradation probability", self.probability)
+        if self.output_size is not None:
+            object.__setattr__(self, "output_size", check_int("output_size", self.output_size, 1))
         if self.output_size is None and (len(sizes) > 1 or self.probability < 1.0):
             raise ValueError(
                 "output_size is required when several LR sizes are drawn or probability < 1 "
@@ -177,6 +183,14 @@ class DegradationSpec:
 
     def to_json(self):
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def check_hr_size(self, hr_size):
+        """Every LR size (and the output size) must be at most the HR size it is made from."""
+        if max(self.sizes) > hr_size:
+            raise ValueError(
+                f"LR sizes {list(self.sizes)} exceed the HR size {hr_size}: an LR view cannot "
+                "be larger than the image it is made from"
+            )
 
     def apply(self, image, seed=None):
         """Degrade ONE image `(H, W, C)` per the spec (random size / probability).

@@ -179,7 +179,7 @@ def paired_dataset(
         def _views(element, s):
             lr, label, params, *cached = element
             v = view_index(s, params.shape[0], training)
-            return {"lr": lr[v], **cached_outputs(cached, v, head)}, label
+            return {"lr": lr[v], **cached_outputs(cached, v)}, label
 
     else:
 
@@ -191,9 +191,16 @@ def paired_dataset(
                 training=training,
                 augment_fn=aug,
                 hr_size=hr_size,
-                head=head,
                 keep_hr=keep_hr,
             )
+
+    def _batched(ds, drop):
+        # A cache's head gives the logits after batching: one (B, D) x (D, C) matmul
+        # instead of a (D, C) matvec per example (the map's main cost at C ~ 5,000).
+        ds = ds.batch(batch_size, drop_remainder=drop)
+        if head is not None:
+            ds = ds.map(lambda x, y: (head_logits(x, head), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     if start_step is not None:
         if not training:
@@ -214,7 +221,7 @@ def paired_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=deterministic,
         )
-        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return _batched(ds, True)
 
     if arrays is not None:
         ds = tf.data.Dataset.from_tensor_slices(arrays)
@@ -234,8 +241,7 @@ def paired_dataset(
 
     ordered = deterministic or not training
     ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
-    drop = training if drop_remainder is None else drop_remainder
-    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+    return _batched(ds, training if drop_remainder is None else drop_remainder)
 
 
 def cosine_head(head):
@@ -258,6 +264,7 @@ def paired_views(
     hr_size=None,
     head=None,
     keep_hr=True,
+    views=None,
 ):
     """One example's `({"hr", "lr"[, "teacher_embedding"[, "teacher_logits"]]}, label)`.
 
@@ -277,6 +284,8 @@ def paired_views(
       head: `cosine_head(...)`: teacher logits computed from the cached
         embedding when the element carries no logits.
       keep_hr: False drops "hr" from the output.
+      views: the `ViewSpec` of the params, when known: which ops its views need is
+        then decided once (`apply_view`'s `moves`, `recolours`), not per example.
     """
     image, label, *rest = element  # rest: view params[, embeddings[, logits]]
     hr = to_float(image)
@@ -287,7 +296,8 @@ def paired_views(
         params, cached = rest[0], rest[1:]
         v = view_index(seed, params.shape[0], training)
         if training and params.shape[0] > 1:
-            hr = apply_view(hr, params[v])
+            static = (views.moves, views.recolours) if views is not None else ()
+            hr = apply_view(hr, params[v], *static)
         out.update(cached_outputs(cached, v, head))
     elif augment_fn is not None:
         hr = augment_fn(hr, seed)
@@ -319,6 +329,16 @@ def cached_outputs(cached, v, head=None):
             e = e * tf.math.rsqrt(tf.reduce_sum(tf.square(e)) + 1e-12)
             out["teacher_logits"] = head[1] * tf.linalg.matvec(head[0], e, transpose_a=True)
     return out
+
+
+def head_logits(batch, head):
+    """A batch `{"teacher_embedding": (B, D), ...}` with "teacher_logits" `(B, C)` from a
+    `cosine_head` added, unless it carries stored logits already."""
+    if "teacher_logits" in batch or "teacher_embedding" not in batch:
+        return batch
+    e = batch["teacher_embedding"]
+    e = e * tf.math.rsqrt(tf.reduce_sum(tf.square(e), -1, keepdims=True) + 1e-12)
+    return {**batch, "teacher_logits": head[1] * tf.matmul(e, head[0])}
 
 
 def is_deterministic(spec):

@@ -49,7 +49,9 @@ opens pass g // steps_per_pass and skips the (g % steps_per_pass) batches
 already trained, reading (not decoding) their records again, so it sees exactly
 the batches an uninterrupted run would have seen. Changing the number of workers
 between the kill and the resume changes which shards each worker reads: the
-resumed run then sees another (equally valid) order.
+resumed run then sees another (equally valid) order; so does
+`deterministic=False` (--nodeterministic_input), which lets decoded examples
+overtake each other.
 """
 
 from __future__ import annotations
@@ -554,10 +556,8 @@ class FaceDataset:
                 f"{self.path} holds teacher outputs at {stored['hr_size']} px but the run "
                 f"decodes at {self.image_size} px; set --teacher_size={stored['hr_size']}"
             )
-        if (
-            fingerprint(teacher, self.views, stored["hr_size"], stored["runtime"])
-            != (stored["fingerprint"])
-        ):
+        fp = fingerprint(teacher, self.views, stored["hr_size"], stored["runtime"])
+        if fp != stored["fingerprint"]:
             raise ValueError(
                 f"{self.path} holds the outputs of another teacher ({stored['path']}); pass "
                 "that --teacher, or rebuild the data set with this one"
@@ -600,6 +600,7 @@ class FaceDataset:
         views=None,
         teacher_outputs=None,
         keep_hr=True,
+        deterministic=True,
         shuffle_buffer=10_000,
         strategy=None,
     ):
@@ -613,10 +614,12 @@ class FaceDataset:
           views: a `ViewSpec` the data set stores (each step shows one view per
             example), or None for `augment`.
           teacher_outputs: `teacher_outputs(...)`: the stored outputs of the view
-            shown replace running the teacher.
+            shown replace running the teacher (a head's logits are computed per batch).
+          deterministic: keep the decode map's order (the exact resume above);
+            False lets slow examples be overtaken (faster; batches vary).
           shuffle_buffer: encoded records shuffled per worker (memory bound).
         """
-        from lrface_tf.data.pipeline import AUGMENTATIONS, cosine_head, paired_views
+        from lrface_tf.data.pipeline import AUGMENTATIONS, cosine_head, head_logits, paired_views
 
         if not self.image_size:
             raise ValueError(f"{self.path}: pass the image size to decode to (--teacher_size)")
@@ -644,8 +647,8 @@ class FaceDataset:
             spec=spec,
             training=True,
             augment_fn=AUGMENTATIONS[augment] if views is None else None,
-            head=head,
             keep_hr=keep_hr,
+            views=views,
         )
         size = int(self.image_size)
         buffer = max(1, min(shuffle_buffer, len(labels)))
@@ -672,7 +675,7 @@ class FaceDataset:
                 s = tf.cast(tf.stack([tf.constant(pass_seed, tf.int64), i]), tf.int32)
                 return views_of((pixels, label, *rest), s)
 
-            return ds.map(element, num_parallel_calls=tf.data.AUTOTUNE)
+            return ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
         def dataset_fn(ctx):
             if ctx.num_input_pipelines > self.num_shards:
@@ -690,9 +693,13 @@ class FaceDataset:
                 for p in range(first, last)
             ]
             ds = functools.reduce(lambda a, b: a.concatenate(b), passes)
-            ds = ds.take((int(end_step) - int(start_step)) * per_worker)
-            per_replica = ctx.get_per_replica_batch_size(batch_size)
-            return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+            ds = ds.take(max(0, int(end_step) - int(start_step)) * per_worker)
+            ds = ds.batch(ctx.get_per_replica_batch_size(batch_size), drop_remainder=True)
+            if head is not None:  # one (B, D) x (D, C) product per batch
+                ds = ds.map(
+                    lambda x, y: (head_logits(x, head), y), num_parallel_calls=tf.data.AUTOTUNE
+                )
+            return ds.prefetch(tf.data.AUTOTUNE)
 
         strategy = strategy or tf.distribute.get_strategy()
         return strategy.distribute_datasets_from_function(dataset_fn)

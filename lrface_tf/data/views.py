@@ -67,6 +67,16 @@ class ViewSpec:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    @property
+    def moves(self):
+        """Whether some view shifts, zooms or rotates (else each is the image or its mirror)."""
+        return self.count > 2 and (self.shift > 0 or self.scale > 0 or self.rotation > 0)
+
+    @property
+    def recolours(self):
+        """Whether some view changes brightness, contrast or saturation."""
+        return self.count > 2 and self.colour > 0
+
     def params(self, keys):
         """`(K, N, len(PARAMS))` float32: every view's parameters for N images.
 
@@ -98,18 +108,50 @@ class ViewSpec:
         return out
 
 
-def apply_view(images, params):
+def apply_view(images, params, moves=None, recolours=None):
     """Images under their views' parameters: `(B, H, W, C)` float in [0, 1] and `(B, P)`.
 
     Geometry (flip, shift, zoom, rotation about the centre) is one bilinear
     projective warp per image with reflected borders; colour changes are clipped
     to [0, 1]. A single image `(H, W, C)` with params `(P,)` works too.
+
+    A batch whose views only flip (no shift, zoom or rotation) is mirrored by
+    `tf.reverse` (the warp's values exactly: it samples whole pixels), and one
+    with no colour change skips the colour ops: the plain and mirrored views of
+    `ViewSpec(count=2)` cost a copy, not a warp. `moves` / `recolours` (a
+    `ViewSpec`'s properties) say so ahead, saving the check per call; None checks
+    the params.
     """
     images = tf.convert_to_tensor(images, tf.float32)
     single = images.shape.rank == 3
     if single:
         images, params = images[None], tf.reshape(params, (1, -1))
     p = tf.cast(params, tf.float32)
+    if moves is None:
+        moves = tf.reduce_any(tf.not_equal(p[:, 1:5], tf.constant(IDENTITY[1:5])))
+    x = _either(moves, lambda: _warp(images, p), lambda: _mirror(images, p[:, 0]))
+    if recolours is None:
+        recolours = tf.reduce_any(tf.not_equal(p[:, 5:8], tf.constant(IDENTITY[5:8])))
+    x = _either(recolours, lambda: _recolour(x, p, images.shape[-1]), lambda: x)
+    return x[0] if single else x
+
+
+def _either(flag, true_fn, false_fn):
+    """`tf.cond` on a tensor flag, a plain branch on a Python bool."""
+    if isinstance(flag, bool):
+        return true_fn() if flag else false_fn()
+    return tf.cond(flag, true_fn, false_fn)
+
+
+def _mirror(images, flip):
+    """The images mirrored where `flip` is 1."""
+    if images.shape[0] == 1:  # one image (a tf.data map): mirror it or not, no select
+        return tf.cond(flip[0] > 0.5, lambda: tf.reverse(images, [2]), lambda: images)
+    return tf.where(flip[:, None, None, None] > 0.5, tf.reverse(images, [2]), images)
+
+
+def _warp(images, p):
+    """One bilinear projective warp per image: flip, shift, zoom and rotation."""
     h, w = images.shape[1], images.shape[2]
     flip, sx, sy, scale = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
     angle = p[:, 4] * (math.pi / 180.0)
@@ -125,7 +167,7 @@ def apply_view(images, params):
     a0, a1, a2 = sign * a0, sign * a1, sign * a2 + flip * (w - 1)
     zero = tf.zeros_like(a0)
     transforms = tf.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=1)
-    x = tf.raw_ops.ImageProjectiveTransformV3(
+    return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
         transforms=transforms,
         output_shape=tf.constant([h, w], tf.int32),
@@ -133,12 +175,15 @@ def apply_view(images, params):
         interpolation="BILINEAR",
         fill_mode="REFLECT",
     )
+
+
+def _recolour(x, p, channels):
+    """Brightness (added), contrast (around the image mean), saturation; clipped to [0, 1]."""
     brightness, contrast, saturation = (p[:, i, None, None, None] for i in (5, 6, 7))
     x = x + brightness
     mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
     x = (x - mean) * contrast + mean
-    if images.shape[-1] == 3:
+    if channels == 3:
         grey = tf.reduce_mean(x, axis=-1, keepdims=True)
         x = grey + (x - grey) * saturation
-    x = tf.clip_by_value(x, 0.0, 1.0)
-    return x[0] if single else x
+    return tf.clip_by_value(x, 0.0, 1.0)

@@ -35,9 +35,18 @@ def build_recognizer(
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, (input_size, input_size, channels), **backbone_kwargs)
     image = keras.Input((input_size, input_size, channels), name="image")
-    emb = backbone(image)
+    emb = as_float32(backbone(image))
     logits = build_head(head, num_classes, scale)(emb)
     return keras.Model(image, {"embedding": emb, "logits": logits}, name=name)
+
+
+def as_float32(embedding):
+    """The embedding as float32: itself, or behind a float32 linear Activation when the
+    backbone's last layer computes in half precision (mixed precision: a model's outputs,
+    and every loss on them, stay float32)."""
+    if embedding.dtype == "float32":
+        return embedding
+    return keras.layers.Activation("linear", dtype="float32", name="embedding_float32")(embedding)
 
 
 def task_loss_for(head, scale=32.0, margin=0.5, label_smoothing=0.0):
