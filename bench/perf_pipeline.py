@@ -267,7 +267,10 @@ def markdown(rows, commands):
                 f"{r['flagfile']}: {r['steps_per_epoch']} steps of {r['batch']}, "
                 f"epochs {r['epoch_seconds']} s, {r['classes']} classes"
             )
-            load = per_cpu = "-"
+            per_cpu = "-"
+            load = (
+                "-" if r["load_average_5min"] is None else f"{r['load_average_5min']:.1f} (5 min)"
+            )
         rate = f"{r['images_per_second']:,.0f}"
         out.append(f"| {r['part']} | {r['variant']} | {rate} | {per_cpu} | {load} | {notes} |")
     lines = implications(rows)
@@ -282,6 +285,12 @@ def markdown(rows, commands):
             "step was timed on a shared machine, so the GPU rates below are lower bounds.",
             "",
             *lines,
+            "",
+            "The teacher-every-step rows feed a step that also runs the 112x112 teacher "
+            "(20x the student's step on this CPU: bench/results/perf.json "
+            "ratio_distill_uncached_over_student_only), so a GPU running both consumes "
+            "about 1/20 of the images above. Unordered maps cost the same CPU per image here "
+            "(every element costs the same); they help when element costs vary.",
         ]
     out += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(out)

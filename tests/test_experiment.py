@@ -129,6 +129,7 @@ def test_embedding_only_teacher_with_class_mean_head_views_and_cache(faces, tmp_
         ("probe", 8),
         ("both", 8),
         ("probe", 16),
+        ("cross", 8),  # the teacher's HR gallery against the student's LR probe
     ]
     assert os.path.exists(tmp_path / "run" / "student.keras")
     again = distill(dataclasses.replace(cfg, output_dir=str(tmp_path / "run2")), log=lines.append)

@@ -79,6 +79,24 @@ def test_views_belong_to_the_image_not_its_position():
     assert np.all(params[1, :, 0] == 1.0)  # view 1: the mirror image
 
 
+def test_plain_and_mirrored_views_are_copies_with_the_warps_pixels():
+    import tensorflow as tf
+
+    from lrface_tf.data.views import _warp, apply_view
+
+    x = tf.random.stateless_uniform((5, 12, 10, 3), seed=(1, 2))
+    params = ViewSpec(count=2).params(np.arange(5, dtype=np.uint64))
+    assert not ViewSpec(count=2).moves and VIEWS.moves and VIEWS.recolours
+    for v in range(2):  # the mirror (no warp, no colour ops) gives the warp's values exactly
+        warped = _warp(x, tf.constant(params[v])).numpy()
+        np.testing.assert_array_equal(apply_view(x, params[v]), warped)
+        np.testing.assert_array_equal(apply_view(x, params[v], False, False), warped)
+        np.testing.assert_array_equal(apply_view(x[2], params[v][2]), warped[2])
+    np.testing.assert_array_equal(warped, x.numpy()[:, :, ::-1])
+    moving = VIEWS.params(np.arange(5, dtype=np.uint64))[2]
+    np.testing.assert_array_equal(apply_view(x, moving), apply_view(x, moving, True, True))
+
+
 def test_one_store_serves_subsets_and_supersets(setup, tmp_path):
     x, _, teacher = setup
     cache, status, path = load_or_build(str(tmp_path), teacher, x[:50], VIEWS, progress=False)

@@ -42,11 +42,13 @@ def _bn(x, name):
     return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)(x)
 
 
-def _act(x, name):
-    return layers.PReLU(shared_axes=[1, 2], name=name)(x)
+def _act(x, name, activation="prelu"):
+    if activation == "prelu":
+        return layers.PReLU(shared_axes=[1, 2], name=name)(x)
+    return layers.Activation(activation, name=name)(x)
 
 
-def _conv(x, filters, kernel, stride, name, act=True):
+def _conv(x, filters, kernel, stride, name, act=True, activation="prelu"):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     x = layers.Conv2D(
@@ -58,10 +60,10 @@ def _conv(x, filters, kernel, stride, name, act=True):
         name=f"{name}_conv",
     )(x)
     x = _bn(x, f"{name}_bn")
-    return _act(x, f"{name}_prelu") if act else x
+    return _act(x, f"{name}_act", activation) if act else x
 
 
-def _depthwise(x, kernel, stride, name, act=True):
+def _depthwise(x, kernel, stride, name, act=True, activation="prelu"):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     x = layers.DepthwiseConv2D(
@@ -72,13 +74,13 @@ def _depthwise(x, kernel, stride, name, act=True):
         name=f"{name}_dw",
     )(x)
     x = _bn(x, f"{name}_bn")
-    return _act(x, f"{name}_prelu") if act else x
+    return _act(x, f"{name}_act", activation) if act else x
 
 
-def bottleneck(x, expansion, channels, stride, name):
-    """Inverted residual: 1x1 expand (PReLU) -> 3x3 depthwise (PReLU) -> 1x1 project."""
-    y = _conv(x, x.shape[-1] * expansion, 1, 1, f"{name}_expand")
-    y = _depthwise(y, 3, stride, f"{name}_depthwise")
+def bottleneck(x, expansion, channels, stride, name, activation="prelu"):
+    """Inverted residual: 1x1 expand (activation) -> 3x3 depthwise (activation) -> 1x1 project."""
+    y = _conv(x, x.shape[-1] * expansion, 1, 1, f"{name}_expand", activation=activation)
+    y = _depthwise(y, 3, stride, f"{name}_depthwise", activation=activation)
     y = _conv(y, channels, 1, 1, f"{name}_project", act=False)
     if stride == 1 and x.shape[-1] == channels:
         y = layers.Add(name=f"{name}_add")([x, y])
@@ -94,6 +96,7 @@ def mobilefacenet(
     wide,
     embedding_dim=128,
     width_multiplier=1.0,
+    activation="prelu",
     name="mobilefacenet",
 ):
     """A MobileFaceNet mapping `(B, H, W, C)` images in [0, 1] to `(B, D)` embeddings.
@@ -105,6 +108,7 @@ def mobilefacenet(
       wide: channels of the 1x1 conv before the GDC.
       embedding_dim: D.
       width_multiplier: scales every channel count (at least 8).
+      activation: "prelu" (the paper's) or a Keras activation name ("relu").
 
     Returns:
       functional `keras.Model`; layers "stage1".."stageN" and "embedding" are named.
@@ -115,19 +119,22 @@ def mobilefacenet(
 
     image = keras.Input(input_shape, name="image")
     x = layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(image)
-    x = _conv(x, w(stem_width), 3, stem_stride, "stem")
-    x = _depthwise(x, 3, 1, "stem_dw")
+    x = _conv(x, w(stem_width), 3, stem_stride, "stem", activation=activation)
+    x = _depthwise(x, 3, 1, "stem_dw", activation=activation)
     for s, (t, c, n, stride) in enumerate(stages):
         for b in range(n):
-            x = bottleneck(x, t, w(c), stride if b == 0 else 1, f"s{s + 1}b{b + 1}")
+            x = bottleneck(x, t, w(c), stride if b == 0 else 1, f"s{s + 1}b{b + 1}", activation)
         x = layers.Identity(name=f"stage{s + 1}")(x)
-    x = _conv(x, w(wide), 1, 1, "wide")
+    x = _conv(x, w(wide), 1, 1, "wide", activation=activation)
     k = (x.shape[1], x.shape[2])
     x = layers.DepthwiseConv2D(k, padding="valid", use_bias=False, name="gdc")(x)
     x = _bn(x, "gdc_bn")
     x = layers.Flatten(name="gdc_flat")(x)
     x = layers.Dense(embedding_dim, use_bias=False, name="head_dense")(x)
-    emb = _bn(x, "embedding")
+    # The embedding computes in float32 whatever the global dtype policy.
+    emb = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="embedding", dtype="float32")(
+        x
+    )
     return keras.Model(image, emb, name=name)
 
 
