@@ -28,7 +28,9 @@ same flags) and the cached distillation, runs alternated (--ratio_rounds of each
 both meet the same background load; the fastest epoch of each, and the CPU time
 (user + sys) of the processes. The bench trains nothing itself: it runs the apps as
 child processes and reads their metrics.json (history epoch_seconds) and the child's
-`rusage` (`os.wait4`: peak RSS, CPU time). Writes bench/results/perf_scale.json and .md.
+`rusage` (`os.wait4`: peak RSS, CPU time). Writes bench/results/perf_scale.json and .md;
+the rows of sizes this invocation did not run (and the last ratio, with --ratio_rounds=0)
+are kept from the earlier record, each row with the bench command that measured it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import time
 
 import numpy as np
 
-from bench.runner import ROOT, read_json, write_results
+from bench.runner import RESULTS, ROOT, read_json, write_results
 
 LFW_ALIGNED = "saved_models/lfw_aligned"
 HELD_OUT = "../shared/data/lfw/pairsDevTest.txt"
@@ -62,7 +64,9 @@ def parse_args(argv):
     p.add_argument("--full_epoch_max", type=int, default=100_000, help="largest full epoch")
     p.add_argument("--work", default="saved_models/bench_scale", help="data sets and runs")
     p.add_argument("--keep", action="store_true", help="keep the data sets (GBs at 1M)")
-    p.add_argument("--ratio_rounds", type=int, default=2, help="runs of each, alternated")
+    p.add_argument(
+        "--ratio_rounds", type=int, default=2, help="runs of each, alternated (0: keep the last)"
+    )
     return p.parse_args(argv)
 
 
@@ -157,7 +161,8 @@ def main(argv=None):
     pool = make_pool(os.path.join(work, "pool"), args.pool)
     print(f"pool: {pool['images']} faces from {pool['source']}", flush=True)
     epoch_examples = args.fixed_steps * BATCH
-    rows, commands, ratio = [], [], None
+    invocation = " ".join(["python -m bench.perf_scale", *(sys.argv[1:] if argv is None else argv)])
+    rows, commands, ratio = [], [], None if args.ratio_rounds else {}
     for size in sizes:
         replicate = math.ceil(size / pool["images"])
         dst = os.path.join(work, f"data_{size}")
@@ -174,6 +179,8 @@ def main(argv=None):
         )
         commands.append(cmd)
         row = {
+            "measured_by": invocation,
+            "fixed_steps": args.fixed_steps,
             "examples": pool["images"] * replicate,
             "replicate": replicate,
             "build_seconds": round(build_s, 1),
@@ -216,6 +223,7 @@ def main(argv=None):
         print(row, flush=True)
         if not args.keep:
             shutil.rmtree(dst, ignore_errors=True)
+    rows, commands, ratio = _merge(rows, commands, ratio)
     write_results(
         "perf_scale",
         rows,
@@ -223,9 +231,23 @@ def main(argv=None):
         _markdown(rows, ratio, pool, args),
         pool=pool,
         ratio=ratio,
-        fixed_steps=args.fixed_steps,
         batch_size=BATCH,
     )
+
+
+def _merge(rows, commands, ratio):
+    """These rows and ratio, plus the earlier record's rows of other sizes (and its ratio
+    when none was measured now)."""
+    path = os.path.join(RESULTS, "perf_scale.json")
+    if not os.path.exists(path):
+        return rows, commands, ratio or None
+    old = read_json(path)
+    sizes = {r["examples"] for r in rows}
+    kept = [r for r in old.get("rows", []) if r["examples"] not in sizes]
+    rows = sorted(kept + rows, key=lambda r: r["examples"])
+    if kept or not ratio:
+        commands = [*old.get("commands", []), *commands]
+    return rows, commands, ratio or old.get("ratio")
 
 
 def _ratio(row, first_cached, fixed, runs, log, commands, args):
@@ -247,6 +269,7 @@ def _ratio(row, first_cached, fixed, runs, log, commands, args):
     return {
         "examples": row["examples"],
         "runs_each": args.ratio_rounds,
+        "steps": args.fixed_steps,
         "step_seconds_student_only": round(step["student"], 4),
         "step_seconds_distill_cached": round(step["cached"], 4),
         "ratio": round(step["cached"] / step["student"], 3),
@@ -260,36 +283,38 @@ def _markdown(rows, ratio, pool, args):
     lines = [
         "# Data at scale: streaming a TFDS face data set (bench.perf_scale)",
         "",
-        f"Command: `python -m bench.perf_scale {' '.join(sys.argv[1:])}`".rstrip() + " "
-        "(2-core CPU, shared with other jobs; no GPU).",
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in sorted({r["measured_by"] for r in rows}))
+        + " (2-core CPU, shared with other jobs; no GPU).",
         f"Pool: {pool['images']} faces from {pool['source']}, replicated to each size "
         "(every copy its own example); SFace's embeddings of 2 views stored with each. "
         f"Training: configs/perf/scale_feature_cached.cfg, batch {BATCH}.",
         "",
-        f"| examples | build s | build peak MB | on disk MB | peak RSS MB ({args.fixed_steps} "
-        "steps/epoch) | s/step | full epoch s | full-epoch peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| examples | build s | build peak RSS MB | on disk MB | steps/epoch | peak RSS MB | "
+        "s/step | full epoch s | full-epoch peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         full = r.get("full_epoch_seconds", "not run (see text)")
         lines.append(
             f"| {r['examples']:,} | {r['build_seconds']} | {r['build_peak_rss_mb']} | "
-            f"{r['disk_mb']:,} | {r['fixed_steps_peak_rss_mb']} | {r['step_seconds_cached']} | "
-            f"{full} | {r.get('full_epoch_peak_rss_mb', '-')} |"
+            f"{r['disk_mb']:,} | {r['fixed_steps']} | {r['fixed_steps_peak_rss_mb']} | "
+            f"{r['step_seconds_cached']} | {full} | {r.get('full_epoch_peak_rss_mb', '-')} |"
         )
     lines += [
         "",
         "s/step: the fastest of epochs 2-4 of the fixed-step runs / steps (epoch 1 traces and "
         "fills the shuffle buffer; the fastest is the one other jobs disturbed least). Full "
-        "epoch: one epoch over every example, its first (tracing included); not run above "
-        f"{args.full_epoch_max:,} examples (1M is ~7,800 steps of {BATCH}, hours on a shared "
-        "2-core machine): the fixed-step run measures the memory of streaming them.",
+        "epoch: one epoch over every example, its first (tracing included), run up to "
+        "--full_epoch_max examples (a 1M epoch is ~7,800 steps of "
+        f"{BATCH}, hours on a shared 2-core machine); the fixed-step runs measure the memory "
+        "and step time of streaming every size.",
     ]
     if ratio:
         lines += [
             "",
             f"Cached distillation over the student alone, both streamed ({ratio['examples']:,} "
-            f"examples, {ratio['runs_each']} alternated runs of each, {args.fixed_steps} x 4 "
+            f"examples, {ratio['runs_each']} alternated runs of each, {ratio['steps']} x 4 "
             f"steps): {ratio['step_seconds_distill_cached']} / "
             f"{ratio['step_seconds_student_only']} s per step = **{ratio['ratio']}x** (the "
             "fastest epoch of each); CPU time of the whole process (user + sys, start-up "

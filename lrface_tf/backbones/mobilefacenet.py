@@ -19,22 +19,15 @@ import keras
 from keras import layers
 
 # name -> (stem stride, stem width, stages: (expansion t, channels c, repeats n, stride s),
-#          wide width, embedding dim)
+#          wide width, embedding dim, activation)
+_PAPER_STAGES = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
+_STAGES_16 = ((2, 48, 2, 2), (4, 96, 1, 2), (2, 96, 4, 1), (4, 128, 1, 1), (2, 128, 2, 1))
 MOBILEFACENET_SPECS = {
-    "mobilefacenet": (
-        2,
-        64,
-        ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1)),
-        512,
-        128,
-    ),
-    "mobilefacenet16": (
-        1,
-        32,
-        ((2, 48, 2, 2), (4, 96, 1, 2), (2, 96, 4, 1), (4, 128, 1, 1), (2, 128, 2, 1)),
-        512,
-        128,
-    ),
+    "mobilefacenet": (2, 64, _PAPER_STAGES, 512, 128, "prelu"),
+    # ReLU, not the paper's PReLU: LiteRT's XNNPACK has no int8 PReLU, and the int8 model
+    # fell back to reference kernels at 4x the float32 time (bench/results/perf.md).
+    "mobilefacenet16": (1, 32, _STAGES_16, 512, 128, "relu"),
+    "mobilefacenet16_prelu": (1, 32, _STAGES_16, 512, 128, "prelu"),
 }
 
 
@@ -141,12 +134,13 @@ def mobilefacenet(
 def mobilefacenet_from_spec(
     spec_name, input_shape, width_multiplier=1.0, embedding_dim=None, **kwargs
 ):
-    """One of `MOBILEFACENET_SPECS` ("mobilefacenet", "mobilefacenet16")."""
+    """One of `MOBILEFACENET_SPECS` ("mobilefacenet", "mobilefacenet16", ...)."""
     if spec_name not in MOBILEFACENET_SPECS:
         raise ValueError(
             f"unknown MobileFaceNet spec {spec_name!r}: use one of {', '.join(MOBILEFACENET_SPECS)}"
         )
-    stride, stem, stages, wide, dim = MOBILEFACENET_SPECS[spec_name]
+    stride, stem, stages, wide, dim, activation = MOBILEFACENET_SPECS[spec_name]
+    kwargs.setdefault("activation", activation)
     return mobilefacenet(
         input_shape,
         stem_stride=stride,
