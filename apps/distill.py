@@ -69,6 +69,9 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("val_pairs", None, "Validation pairs file (LFW format), scored after training.")
 flags.DEFINE_string("val_image_root", None, "Image root of --val_pairs.")
+flags.DEFINE_integer(
+    "val_probe_size", 0, "Probe size --val_pairs are scored at (0: the LR size, if only one)."
+)
 
 GROUPS = (data, devices, method, network, output, resolution, training, views)
 
@@ -88,6 +91,7 @@ def config():
             FLAGS.assistant_size or FLAGS.teacher_size,
             FLAGS.assistant_width or FLAGS.student_width,
         )
+    view_spec = views.spec()
     return DistillConfig(
         data=data.config(FLAGS.teacher_size, FLAGS.seed),
         spec=spec,
@@ -97,8 +101,9 @@ def config():
         teacher_head_scale=FLAGS.teacher_head_scale,
         method=FLAGS.method,
         hyperparameters=method.hyperparameters(),
-        views=views.spec(),
-        augment=FLAGS.augment,
+        views=view_spec,
+        # With views, --augment is replaced unless given explicitly (then the config refuses it).
+        augment=FLAGS.augment if view_spec is None or FLAGS["augment"].present else "none",
         teacher_cache=FLAGS.teacher_cache,
         cache_dir=FLAGS.cache_dir,
         cache_runtime=FLAGS.cache_runtime,
@@ -107,6 +112,7 @@ def config():
         output_dir=output.folder(f"distill_{FLAGS.method}"),
         val_pairs=FLAGS.val_pairs,
         val_image_root=FLAGS.val_image_root,
+        val_probe_size=FLAGS.val_probe_size or None,
     )
 
 

@@ -10,7 +10,8 @@ Each TFLite file is checked against the Keras model on real images (max abs
 error, top-1 agreement or embedding cosine), run with LiteRT; with
 --latency_calls the one-thread milliseconds per image are measured too. Face
 students get their images from --data=identity_folder (decoded at
---teacher_size, degraded to the model's input size with --degrade_kernel).
+--teacher_size and area-resized to the model's input; with --student_size below
+the input size, degraded to it first with --degrade_kernel and brought back).
 The export is all or nothing: it is written to a temporary sibling folder and
 moved into --output_dir only when complete, so a failed or killed export leaves
 the previous export (or nothing), never a mix.
@@ -58,7 +59,10 @@ def _images(model_size):
         pick = np.random.default_rng(FLAGS.seed).permutation(len(loaded))
         parity = loaded.images[pick[: FLAGS.parity_images]]
         reps = loaded.images[pick[FLAGS.parity_images : need]]
-    size = FLAGS.student_size if FLAGS.student_size < model_size else None
+    # Degrade to --student_size only when it is given (and below the model's input): a 16x16
+    # face student's images are its 112x112 crops area-resized to 16, nothing smaller.
+    given = FLAGS["student_size"].present
+    size = FLAGS.student_size if given and FLAGS.student_size < model_size else None
 
     def at_input(x):
         return prepare(np.asarray(x), model_size, size, FLAGS.degrade_kernel, FLAGS.upsample_kernel)

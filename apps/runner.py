@@ -67,6 +67,7 @@ def resolve_flagfiles(argv):
     """argv with every --flagfile expanded into one temporary flat flagfile, so nested
     flagfiles resolve from any working directory (as given, next to the file that
     names them, or under the repository root)."""
+    import atexit
     import tempfile
 
     out = []
@@ -76,6 +77,7 @@ def resolve_flagfiles(argv):
             f = tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False)
             f.write("\n".join(lines) + "\n")
             f.close()
+            atexit.register(os.remove, f.name)
             out.append(f"--flagfile={f.name}")
         else:
             out.append(arg)
@@ -94,6 +96,8 @@ def run(main, adopt=()):
     def wrapped(argv):
         if len(argv) > 1:
             fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+        import tensorflow as tf
+
         from lrface_tf.data.datasets import DataError
         from lrface_tf.runs import RunFolderBusy
         from lrface_tf.training import RunInterrupted
@@ -113,6 +117,13 @@ def run(main, adopt=()):
             PermissionError,
         ) as e:
             fail(_one_line(e))
+        except (OSError, tf.errors.OpError) as e:
+            # A disk that fills, a file that breaks mid-stream, a model LiteRT cannot convert.
+            fail(f"{type(e).__name__}: {_one_line(e)}")
+        except Exception as e:
+            if type(e).__name__ != "ConverterError":
+                raise
+            fail(f"TFLite conversion failed: {_one_line(e)}")
 
     app.run(wrapped)
 

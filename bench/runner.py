@@ -73,7 +73,18 @@ def run_dir(runs, row, seed):
 
 
 def run_rows(rows, seeds, runs, log_path, extra=(), env=None):
-    """Run every row for every seed (fixed rows once); yields (row, seed, folder, command)."""
+    """Run every row for every seed (fixed rows once); yields (row, seed, folder, command).
+
+    A run is done when its metrics.json exists and was made by the same flags: each
+    run folder keeps `bench_flags.txt` (the flagfile with its nested files inlined,
+    plus the added flags); when the flagfile has changed since, the folder is removed
+    and the row runs again.
+    """
+    import shutil
+
+    sys.path.insert(0, ROOT)
+    from apps.runner import _flatten
+
     for row in rows:
         for seed in [0] if row.fixed else seeds:
             folder = run_dir(runs, row, seed)
@@ -81,11 +92,21 @@ def run_rows(rows, seeds, runs, log_path, extra=(), env=None):
             if not row.fixed:
                 args += [f"--seed={seed}", f"--output_dir={folder}"]
             shown = " ".join(["python", "-m", f"apps.{row.app}", *args])
-            if not os.path.exists(os.path.join(ROOT, folder, "metrics.json")):
+            flags = "\n".join([*_flatten(os.path.join(ROOT, row.flagfile)), *args[1:]]) + "\n"
+            here = os.path.join(ROOT, folder)
+            stamp = os.path.join(here, "bench_flags.txt")
+            if os.path.exists(os.path.join(here, "metrics.json")):
+                if os.path.exists(stamp) and open(stamp).read() != flags:
+                    print(f"--- {row.name} seed {seed}: its flags changed; running it again")
+                    shutil.rmtree(here)
+            if not os.path.exists(os.path.join(here, "metrics.json")):
                 print(f"--- {row.name} seed {seed}: {shown}", flush=True)
                 t0 = time.perf_counter()
                 run_app(row.app, args, log_path, env)
                 print(f"    done in {time.perf_counter() - t0:.0f} s", flush=True)
+            if not os.path.exists(stamp):
+                with open(stamp, "w") as f:
+                    f.write(flags)
             yield row, seed, folder, shown
 
 

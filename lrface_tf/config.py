@@ -22,7 +22,7 @@ import dataclasses
 from lrface_tf.data.degrade import DegradationSpec
 from lrface_tf.data.sources import DataConfig
 from lrface_tf.data.views import ViewSpec
-from lrface_tf.validation import check_int, check_positive
+from lrface_tf.validation import check_int, check_non_negative, check_positive
 
 HEADS = ("softmax", "arcface", "cosface", "none")
 TEACHER_HEADS = ("own", "class_mean")
@@ -58,6 +58,14 @@ class ModelConfig:
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}: use one of {', '.join(HEADS)}")
         check_positive("margin_scale", self.margin_scale)
+        check_non_negative("margin", self.margin)
+        from lrface_tf.backbones import BACKBONES
+
+        if self.backbone != "teacher" and self.backbone not in BACKBONES:
+            raise ValueError(
+                f"unknown backbone {self.backbone!r}: use 'teacher' or one of "
+                f"{', '.join(sorted(BACKBONES))}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +96,20 @@ class TrainConfig:
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
         check_positive("learning_rate", self.learning_rate)
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        from lrface_tf.training import OPTIMIZERS, SCHEDULES
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown lr schedule {self.lr_schedule!r}: use {', '.join(SCHEDULES)}"
+            )
+        check_non_negative("weight_decay", self.weight_decay)
+        if self.weight_decay and self.optimizer == "adam":
+            raise ValueError(
+                "adam has no decoupled weight decay: use --optimizer=adamw (or sgd), or "
+                "--weight_decay=0"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
@@ -149,8 +169,9 @@ class DistillConfig:
       stages: single or two-stage transfer.
       train: optimisation; `assistant_train` overrides it for stage 1.
       output_dir: the run folder.
-      val_pairs, val_image_root: optional verification pairs scored at the
-        student's size after training (validation; never the test pairs).
+      val_pairs, val_image_root: optional verification pairs scored after
+        training (validation; never the test pairs) at `val_probe_size` (default:
+        the LR size, which must then be one size).
     """
 
     data: DataConfig
@@ -171,6 +192,7 @@ class DistillConfig:
     output_dir: str = "saved_models/distill"
     val_pairs: str | None = None
     val_image_root: str | None = None
+    val_probe_size: int | None = None
 
     def __post_init__(self):
         from lrface_tf.methods import check_hyperparameters, get_method
@@ -180,6 +202,26 @@ class DistillConfig:
         if self.teacher_head not in TEACHER_HEADS:
             raise ValueError(
                 f"unknown teacher_head {self.teacher_head!r}: use {', '.join(TEACHER_HEADS)}"
+            )
+        check_positive("teacher_head_scale", self.teacher_head_scale)
+        hyper = self.hyper
+        if self.student.head == "none" and hyper["task_weight"] > 0:
+            raise ValueError(
+                f"--head=none gives the student no logits, but task_weight is "
+                f"{hyper['task_weight']}; set --task_weight=0 (label-free) or choose a head"
+            )
+        from lrface_tf.methods import TERMS
+
+        reads_logits = [t for t in method.terms if TERMS[t](hyper, 2, 2).output == "logits"]
+        if self.student.head == "none" and reads_logits:
+            raise ValueError(
+                f"method {self.method}'s {', '.join(reads_logits)} compares logits, but "
+                "--head=none gives the student none; choose a head"
+            )
+        if self.views is not None and self.augment != "none":
+            raise ValueError(
+                f"--views replace --augment: drop --augment={self.augment} (the views include "
+                "flips and shifts)"
             )
         needs_teacher = (
             method.needs_teacher
@@ -207,6 +249,15 @@ class DistillConfig:
             )
         if (self.val_pairs is None) != (self.val_image_root is None):
             raise ValueError("pass --val_pairs and --val_image_root together")
+        if self.val_pairs is not None:
+            from lrface_tf.data.datasets import lfw_pairs
+
+            lfw_pairs(self.val_pairs)  # a bad pairs file stops here (images: when loaded)
+            if self.val_probe_size is None and len(self.spec.sizes) > 1:
+                raise ValueError(
+                    f"the LR view has several sizes {list(self.spec.sizes)}: say which one the "
+                    "validation pairs are scored at with --val_probe_size"
+                )
 
     @property
     def hyper(self):
@@ -214,6 +265,11 @@ class DistillConfig:
         from lrface_tf.methods import resolve
 
         return resolve(self.method, self.hyperparameters)
+
+    @property
+    def val_size(self):
+        """The probe size the validation pairs are scored at."""
+        return self.val_probe_size or self.spec.sizes[0]
 
     @property
     def effective_views(self):

@@ -109,7 +109,7 @@ def freeze_batchnorm(model):
     return model
 
 
-def build_student(cfg, num_classes, channels, teacher=None, name="student"):
+def build_student(cfg, num_classes, channels, teacher=None, name="student", sync_batchnorm=False):
     """The network a `ModelConfig` describes: `{"embedding"[, "logits"]}`.
 
     `backbone="teacher"` copies the teacher's network (embedding part); a head
@@ -146,7 +146,13 @@ def build_student(cfg, num_classes, channels, teacher=None, name="student"):
     outputs = {"embedding": emb}
     if cfg.head != "none" and num_classes > 0:
         outputs["logits"] = build_head(cfg.head, num_classes, cfg.margin_scale)(emb)
-    return keras.Model(image, outputs, name=name)
+    model = keras.Model(image, outputs, name=name)
+    if sync_batchnorm:
+        # Cross-replica BatchNorm statistics; the copy is the model that trains and is saved.
+        from lrface_tf.models import synchronize_batchnorm
+
+        model = synchronize_batchnorm(model)
+    return model
 
 
 def task_loss_for_model(cfg, student, task_weight):
@@ -218,13 +224,15 @@ def _distill(config, *, strategy, callbacks, log):
     from lrface_tf.stages import run_stage
 
     strategy = strategy or tf.distribute.get_strategy()
-    data = load_training_data(config.data, progress=config.train.verbose > 0)
+    data = load_training_data(config.data, progress=config.train.verbose == 1)
     hyper = config.hyper
     if not get_method(config.method).needs_teacher and data.num_labelled < len(data):
         # A student alone learns from labels only: train on the labelled examples.
         keep = data.labels >= 0
         data.report["unlabelled_dropped_no_teacher"] = int((~keep).sum())
         data.select(keep)
+        data.report["used"] = data.report["labelled"] = int(keep.sum())
+        data.report["unlabelled"] = 0
     _check_batches(len(data), config.train.batch_size)
     _say_skipped(data.report, log)
     out = config.output_dir
@@ -236,13 +244,17 @@ def _distill(config, *, strategy, callbacks, log):
         "data": data.report,
     }
     views = config.effective_views
+    # The teacher's outputs (a cache, a class-mean head) only serve distillation terms.
+    distils = get_method(config.method).needs_teacher
     with strategy.scope():
         keras.utils.set_random_seed(config.train.seed)
         teacher = None
         if config.teacher:
             teacher = load_teacher(config.teacher, config.data.image_size)
         cache = None
-        if teacher is not None and data.stream is not None:
+        if not distils:
+            pass
+        elif teacher is not None and data.stream is not None:
             cache = _stored_teacher_outputs(config, data.stream, teacher, views, result, log)
         elif teacher is not None and (config.teacher_cache or config.teacher_head == "class_mean"):
             cache_views = views if config.teacher_cache else ViewSpec(count=1)
@@ -251,13 +263,13 @@ def _distill(config, *, strategy, callbacks, log):
                 teacher,
                 data.images,
                 cache_views,
-                progress=config.train.verbose > 0,
+                progress=config.train.verbose == 1,
                 runtime=config.cache_runtime,
             )
             log(f"teacher cache ({cache_views.count} views): {status} {path}")
             result["teacher_cache"] = {"status": status, "path": path, "views": cache.num_views}
         base_teacher = teacher
-        if config.teacher_head == "class_mean":
+        if config.teacher_head == "class_mean" and distils:
             teacher, cache = class_mean_teacher(
                 teacher, cache, data.labels, data.num_classes, config.teacher_head_scale
             )
@@ -277,6 +289,7 @@ def _distill(config, *, strategy, callbacks, log):
                     config, data, teacher, cache, views, folder, callbacks, log
                 ),
                 log=log,
+                key=_resume_key(config, "assistant"),
             )
             assistant.trainable = False
             supervisor = at_input_size(assistant, config.data.image_size, "assistant")
@@ -285,16 +298,23 @@ def _distill(config, *, strategy, callbacks, log):
                 log("stage 2 runs the assistant every step (a stream has no cache of its outputs)")
                 result["assistant_cache"] = "none: the data set streams"
             elif config.teacher_cache:
+                # Keras runs the assistant (its area resize has no LiteRT kernel).
                 supervisor_cache, status, path = load_or_build(
                     config.cache_dir,
                     supervisor,
                     data.images,
                     views,
-                    progress=config.train.verbose > 0,
-                    runtime=config.cache_runtime,
+                    progress=config.train.verbose == 1,
+                    runtime="keras",
                 )
                 log(f"assistant cache: {status} {path}")
-        student = build_student(config.student, data.num_classes, data.channels, teacher)
+        student = build_student(
+            config.student,
+            data.num_classes,
+            data.channels,
+            teacher,
+            sync_batchnorm=config.train.sync_batchnorm,
+        )
         if config.stages.init_from != "none":
             from lrface_tf.models.recognizer import copy_weights_by_name
 
@@ -329,10 +349,11 @@ def _distill(config, *, strategy, callbacks, log):
         train_seconds=seconds,
         params=int(embedding_network(student).count_params()),
     )
+    # Saved before the evaluation: a failure there must not lose the trained student.
+    save_keras(student, os.path.join(out, "student.keras"))
     result.update(evaluate_student(student, data, config, base_teacher))
     for line in _summary(result, config):
         log(line)
-    save_keras(student, os.path.join(out, "student.keras"))
     return result
 
 
@@ -357,12 +378,18 @@ def _train_key(train):
 
 
 def _resume_key(config, stage):
-    """What a backup must have been written by to be resumed: everything that shapes the
-    training stream and the networks of this stage (not where outputs go or evaluation)."""
+    """What a backup (or a finished stage) must have been written by to be reused:
+    everything that shapes the training stream and the networks of this stage (not
+    where outputs go, nor the evaluation). The assistant's stage does not depend on
+    the student's settings."""
     d = config.to_dict()
-    for k in ("output_dir", "val_pairs", "val_image_root", "cache_dir"):
+    for k in ("output_dir", "val_pairs", "val_image_root", "val_probe_size", "cache_dir"):
         d.pop(k, None)
     d["train"] = _train_key(config.train)
+    if stage == "assistant":
+        for k in ("student", "spec"):
+            d.pop(k, None)
+        d["stages"] = {k: v for k, v in d["stages"].items() if k != "init_from"}
     return {"stage": stage, **d}
 
 
@@ -375,11 +402,11 @@ def _check_batches(n, batch_size):
 
 
 def _say_skipped(report, log):
-    """One console line for every file that was not used, by reason."""
-    reasons = {}
-    for part in [*report.get("roots", []), *report.get("unlabelled_roots", [])]:
-        for item in part.get("skipped", []):
-            reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+    """One console line for every file that was not used, by reason (the files are
+    listed in the record)."""
+    from lrface_tf.data.sources import skipped_by_reason
+
+    reasons = skipped_by_reason(report)
     if reasons:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
         log(f"skipped {sum(reasons.values())} files ({counts}); listed in metrics.json")
@@ -412,11 +439,9 @@ def train_stage(
     import dataclasses
 
     from lrface_tf.data.pipeline import is_deterministic, paired_dataset
-    from lrface_tf.models import Distiller, synchronize_batchnorm
+    from lrface_tf.models import Distiller
     from lrface_tf.training import compile_and_fit
 
-    if train.sync_batchnorm:
-        student = synchronize_batchnorm(student)
     task = task_loss_for_model(model_cfg, student, task_weight)
     distiller = Distiller(
         student,
@@ -483,7 +508,14 @@ def _train_assistant(config, data, teacher, cache, views, folder, callbacks, log
     from lrface_tf.methods import method_terms
 
     a = config.stages.assistant
-    assistant = build_student(a, data.num_classes, data.channels, teacher, name="assistant")
+    assistant = build_student(
+        a,
+        data.num_classes,
+        data.channels,
+        teacher,
+        name="assistant",
+        sync_batchnorm=config.train.sync_batchnorm,
+    )
     spec = DegradationSpec(kernel="area", sizes=(a.input_size,))
     terms = method_terms(
         config.method, config.hyper, num_classes=data.num_classes, data_size=len(data)
@@ -509,6 +541,7 @@ def _train_assistant(config, data, teacher, cache, views, folder, callbacks, log
         callbacks=callbacks,
         resume_config=_resume_key(config, "assistant"),
         log=log,
+        labelled_fraction=config.data.labelled_fraction,
     )
     record = {
         "history": history,
@@ -548,7 +581,7 @@ def evaluate_student(student, data, config, teacher=None):
 
         pairs = load_pair_images(config.val_pairs, config.val_image_root, config.data.image_size)
         net, rows, cache = embedding_network(student), [], {}
-        size = config.spec.sizes[0]
+        size = config.val_size
         conditions = [(size, "probe"), (size, "both"), (None, "probe")]
         gallery = embedding_network(teacher) if teacher is not None else None
         if gallery is not None and gallery.output_shape[-1] == net.output_shape[-1]:
@@ -621,14 +654,22 @@ def _train_teacher(data_config, model, train, *, augment, output_dir, strategy, 
     from lrface_tf.data.sources import load_training_data
     from lrface_tf.export import save_keras
 
+    if data_config.labelled_fraction:
+        raise ValueError("--labelled_fraction is for distillation runs, not a teacher's")
     strategy = strategy or tf.distribute.get_strategy()
-    data = load_training_data(data_config, progress=train.verbose > 0)
+    data = load_training_data(data_config, progress=train.verbose == 1)
     _check_batches(len(data), train.batch_size)
     _say_skipped(data.report, log)
     spec = DegradationSpec(kernel="area", sizes=(data_config.image_size,))
     with strategy.scope():
         keras.utils.set_random_seed(train.seed)
-        teacher = build_student(model, data.num_classes, data.channels, name="teacher")
+        teacher = build_student(
+            model,
+            data.num_classes,
+            data.channels,
+            name="teacher",
+            sync_batchnorm=train.sync_batchnorm,
+        )
         history, seconds = train_stage(
             teacher,
             None,

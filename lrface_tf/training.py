@@ -283,7 +283,7 @@ def _differences(a, b, prefix=""):
     return out
 
 
-def restored_step(model, output_dir, config=None, log=print):
+def restored_step(model, output_dir, config=None, log=print, steps_per_epoch=None):
     """The global step a resumed run starts at (0 without a backup), and the history so far.
 
     Loads `output_dir/backup` (what `BackupAndRestore` restores again in
@@ -331,8 +331,10 @@ def restored_step(model, output_dir, config=None, log=print):
     except Exception as e:  # h5py, Keras and TF raise many kinds for a bad file
         detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise BackupMismatch(f"{path} cannot be restored ({detail}); {fresh}") from None
-    step = int(model.optimizer.iterations.numpy())
     epochs = _backup_epoch(folder)
+    # Backups are written at epoch ends: the step is epochs x steps. (The optimizer's
+    # `iterations` is not: a loss-scaled optimizer does not count the steps it skips.)
+    step = epochs * steps_per_epoch if steps_per_epoch else int(model.optimizer.iterations.numpy())
     # The history written before a kill may hold one epoch the weights do not: cut it.
     history = {k: v[:epochs] for k, v in state.get("history", {}).items()}
     log(f"resuming from step {step} ({epochs} epochs done) in {folder}")
@@ -435,7 +437,7 @@ def compile_and_fit(
     if keras.config.dtype_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, jit_compile=bool(train.jit_compile))
-    step, earlier = restored_step(model, output_dir, config, log)
+    step, earlier = restored_step(model, output_dir, config, log, steps_per_epoch)
     if callable(dataset):
         dataset = dataset(step)
     fingerprint = _fingerprint(config)

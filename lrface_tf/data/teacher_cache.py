@@ -227,7 +227,11 @@ def _locked(path):
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # another run extending the store: wait for it
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another run that is filling the teacher cache {path}", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
 

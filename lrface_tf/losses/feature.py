@@ -33,8 +33,8 @@ class FeatureLoss(DistillationLoss):
 
     needs_projection = True
 
-    def __init__(self, norm="l1", normalize=False, name="feature", **kwargs):
-        super().__init__(name=name, **kwargs)
+    def __init__(self, norm="l1", normalize=False, name=None, **kwargs):
+        super().__init__(name=name or f"feature_{norm}", **kwargs)
         if norm not in NORMS:
             raise ValueError(f"FeatureLoss norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm

@@ -105,8 +105,12 @@ class RKDAngleLoss(DistillationLoss):
         s = gather_replicas(student)
         b = ops.shape(s)[0]
         if self.num_anchors:
-            anchors = tf.random.shuffle(tf.range(b), seed=self.seed)[: self.num_anchors]
-            return self._per_anchor(t, s, anchors)
+            # Drawn from the gathered teacher batch itself (with `seed`), so every replica
+            # draws the same anchors and N replicas equal one device.
+            key = tf.cast(tf.bitcast(tf.reduce_sum(t), tf.int32), tf.int64)
+            seed = tf.stack([tf.constant(self.seed or 0, tf.int64), key])
+            order = tf.random.experimental.stateless_shuffle(tf.range(b), seed=seed)
+            return self._per_anchor(t, s, order[: self.num_anchors])
         if not self.chunk_size:
             return self._per_anchor(t, s, ops.arange(b))
         b_static = s.shape[0]
