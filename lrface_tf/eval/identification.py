@@ -94,9 +94,20 @@ def linear_probe(
         keras.optimizers.Adam(learning_rate),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    # Small splits get at least `min_steps` updates (100 epochs of 3 batches underfit).
-    epochs = max(epochs, -(-min_steps // -(-len(xt) // batch_size)))
-    probe.fit(xt, yt, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
+    # Small splits get at least `min_steps` updates (100 epochs of 3 batches underfit). The
+    # epochs run as one `fit()` epoch over a repeated, reshuffled stream: the same updates
+    # without Keras' per-epoch overhead, which dominated on small splits.
+    import tensorflow as tf
+
+    batches = -(-len(xt) // batch_size)
+    epochs = max(epochs, -(-min_steps // batches))
+    stream = (
+        tf.data.Dataset.from_tensor_slices((xt, yt))
+        .shuffle(len(xt), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .repeat(epochs)
+    )
+    probe.fit(stream, epochs=1, steps_per_epoch=epochs * batches, verbose=0)
 
     def top(x, y, k):
         logits = probe.predict(x, batch_size=1024, verbose=0)
