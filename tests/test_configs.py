@@ -59,7 +59,7 @@ def test_flagfile_parses_and_builds_its_config(path):
     flat = "\n".join(_flatten(path))
     if "../shared/" in flat and not os.path.isdir(os.path.join(ROOT, "..", "shared")):
         pytest.skip("../shared (LFW) is not beside the repository")
-    if app in ("demo", "build_dataset"):
+    if app in ("demo", "build_dataset", "evaluate"):
         # Their own flags clash with apps.distill's in one process: a subprocess parses them.
         proc = subprocess.run(
             [sys.executable, "-m", f"apps.{app}", f"--flagfile={rel}", "--helpshort"],
