@@ -364,3 +364,21 @@ def test_a_tiny_face_run_from_a_flagfile_holds_out_the_test_people(tmp_path):
     )
     student = keras.saving.load_model(run / "student.keras", compile=False)
     assert student.input_shape == (None, 8, 8, 3) and student.output["logits"].shape[-1] == 4
+    # The RGB face student exports (identity-folder data, no test split): its TFLite model
+    # gives the Keras embeddings on real faces of the folder.
+    out = tmp_path / "export"
+    proc = run_app(
+        "export",
+        f"--model={run / 'student.keras'}",
+        "--data=identity_folder",
+        f"--data_dir={root}",
+        "--teacher_size=32",
+        "--student_size=8",
+        "--quantizations=float32",
+        "--parity_images=8",
+        "--representative_images=8",
+        f"--output_dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parity = json.loads((out / "parity.json").read_text())["tflite"]["float32"]
+    assert parity["embedding"]["mean_cosine"] > 0.9999
