@@ -30,6 +30,7 @@ import numpy as np
 from bench.runner import (
     ROOT,
     Row,
+    export_face_model,
     fmt,
     mean_std,
     read_json,
@@ -121,27 +122,11 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None)
                 log,
             )
         )
-    ex = os.path.join(folder, "export")
-    if not os.path.exists(os.path.join(ROOT, ex, "parity.json")):
-        commands.append(
-            run_app(
-                "export",
-                [
-                    f"--model={model}",
-                    "--quantizations=float32,int8",
-                    "--data=identity_folder",
-                    f"--data_dir={ALIGNED}",
-                    "--teacher_size=112",
-                    "--student_size=16",
-                    "--parity_images=200",
-                    "--representative_images=200",
-                    f"--latency_calls={300 if 'sface' not in name and name != 'teacher' else 30}",
-                    f"--output_dir={ex}",
-                ],
-                log,
-            )
-        )
-    parity = read_json(os.path.join(ex, "parity.json"))["tflite"]
+    latency_calls = 300 if "sface" not in name and name != "teacher" else 30
+    parity, exported = export_face_model(
+        model, folder, log, latency_calls=latency_calls, quantizations="float32,int8"
+    )
+    commands += exported
     results = read_json(os.path.join(ev, "results.json"))["rows"]
     params = metrics.get("params") or _params(model)
     for r in results:

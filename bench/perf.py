@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from bench.runner import ROOT, Row, read_json, run_app, run_rows, write_results
+from bench.runner import ROOT, Row, export_face_model, read_json, run_app, run_rows, write_results
 
 PARTS = ("latency", "mirrored", "epoch_size", "rkd_memory")
 LATENCY_ROWS = ["latency_resnet18", "latency_mobilefacenet16", "latency_mobilefacenet16_prelu"]
@@ -71,26 +71,8 @@ def _latency(log):
     rows = [Row(n, f"configs/perf/{n}.cfg", fixed=True) for n in LATENCY_ROWS]
     for row, _, folder, cmd in run_rows(rows, [0], "saved_models/runs/perf", log):
         commands.append(cmd)
-        ex = os.path.join(folder, "export")
-        if not os.path.exists(os.path.join(ROOT, ex, "parity.json")):
-            commands.append(
-                run_app(
-                    "export",
-                    [
-                        f"--model={folder}/student.keras",
-                        "--data=identity_folder",
-                        "--data_dir=saved_models/lfw_aligned",
-                        "--teacher_size=112",
-                        "--student_size=16",
-                        "--parity_images=200",
-                        "--representative_images=200",
-                        "--latency_calls=300",
-                        f"--output_dir={ex}",
-                    ],
-                    log,
-                )
-            )
-        parity = read_json(os.path.join(ex, "parity.json"))["tflite"]
+        parity, exported = export_face_model(f"{folder}/student.keras", folder, log)
+        commands += exported
         params = read_json(os.path.join(folder, "metrics.json"))["params"]
         name = row.name.removeprefix("latency_")
         for q, r in parity.items():

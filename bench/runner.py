@@ -65,6 +65,34 @@ def run_app(app, args, log_path, env=None):
     return shown
 
 
+def export_face_model(model, folder, log_path, latency_calls=300, quantizations=None):
+    """apps.export of a 16x16 face model into `folder/export` on the aligned LFW crops
+    (200 parity images, 200 int8 calibration images, `latency_calls` one-thread LiteRT
+    calls), unless that folder already has its parity.json.
+
+    Returns:
+      (the export's parity["tflite"] dict, [the command run] or []).
+    """
+    ex = os.path.join(folder, "export")
+    commands = []
+    if not os.path.exists(os.path.join(ROOT, ex, "parity.json")):
+        args = [f"--model={model}"]
+        if quantizations:
+            args.append(f"--quantizations={quantizations}")
+        args += [
+            "--data=identity_folder",
+            "--data_dir=saved_models/lfw_aligned",
+            "--teacher_size=112",
+            "--student_size=16",
+            "--parity_images=200",
+            "--representative_images=200",
+            f"--latency_calls={latency_calls}",
+            f"--output_dir={ex}",
+        ]
+        commands.append(run_app("export", args, log_path))
+    return read_json(os.path.join(ex, "parity.json"))["tflite"], commands
+
+
 def run_dir(runs, row, seed):
     """The folder of one run: the flagfile's own --output_dir for a fixed row."""
     if row.fixed:
