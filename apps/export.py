@@ -33,6 +33,12 @@ flags.DEFINE_string("model", None, "Student model (.keras) to export.")
 flags.DEFINE_list("quantizations", ["float32", "dynamic_range", "int8"], "TFLite variants.")
 flags.DEFINE_integer("parity_images", 500, "Real images for the parity check (>= 1).")
 flags.DEFINE_integer("representative_images", 200, "Images for int8 calibration (>= 1).")
+flags.DEFINE_float(
+    "calibration_trim",
+    0.05,
+    "int8: fraction of the calibration images with the largest embedding norms left out "
+    "(min/max calibration lets one extreme image coarsen every step); 0 keeps all.",
+)
 flags.DEFINE_integer("latency_calls", 0, "Time this many one-image LiteRT calls (0: skip).")
 flags.DEFINE_integer("seed", 0, "Seed of the image sample (face data).")
 
@@ -77,6 +83,7 @@ def main(argv):
         QUANTIZATIONS,
         TFLiteModel,
         atomic_path,
+        calibration_images,
         convert_tflite,
         export_savedmodel,
         latency_ms,
@@ -92,6 +99,8 @@ def main(argv):
     for name in ("parity_images", "representative_images"):
         if FLAGS[name].value < 1:
             raise ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    if not 0 <= FLAGS.calibration_trim < 1:
+        raise ValueError(f"--calibration_trim must be in [0, 1), got {FLAGS.calibration_trim}")
     if FLAGS.latency_calls < 0:
         raise ValueError(f"--latency_calls must be >= 0, got {FLAGS.latency_calls}")
     model = load_keras_file(FLAGS.model)
@@ -101,8 +110,12 @@ def main(argv):
     with atomic_path(out) as tmp:
         sm = export_savedmodel(model, os.path.join(tmp, "saved_model"))
         report = {"model": FLAGS.model, "input_size": size, "tflite": {}}
+        if "int8" in FLAGS.quantizations:
+            reps, report["calibration"] = calibration_images(model, reps, FLAGS.calibration_trim)
+            print(f"int8 calibration: {report['calibration']}")
         for q in FLAGS.quantizations:
-            path = convert_tflite(model, os.path.join(tmp, f"student_{q}.tflite"), q, reps, sm)
+            path = os.path.join(tmp, f"student_{q}.tflite")
+            path = convert_tflite(model, path, q, reps, sm, calibration_trim=0)
             r = parity_report(model, TFLiteModel(path), parity)
             r["bytes"] = os.path.getsize(path)
             if FLAGS.latency_calls:

@@ -9,6 +9,7 @@ from lrface_tf.data.pipeline import single_view_dataset
 from lrface_tf.export import (
     TFLiteModel,
     atomic_path,
+    calibration_images,
     convert_tflite,
     export_savedmodel,
     parity_report,
@@ -89,3 +90,37 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             f.write(b"whole")
     assert target.read_bytes() == b"whole"
     assert os.listdir(tmp_path) == ["model.tflite"]
+
+
+def test_int8_calibration_leaves_out_extreme_embeddings(tmp_path):
+    """One image with an extreme embedding norm in the calibration sample coarsens every
+    int8 step; `calibration_images` leaves the largest norms out, and the int8 model
+    agrees better with Keras on ordinary images."""
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(16),
+        ]
+    )
+    x, _ = digits()
+    faint = 0.1 * x.astype(np.float32) / 255.0  # dim digits beside one all-white image
+    sample = np.concatenate([faint[:199], np.ones((1, 8, 8, 1), np.float32)])
+    norms = np.linalg.norm(m(sample), axis=-1)
+    assert norms[-1] > 5 * np.median(norms)  # the premise: an outlier
+    kept, report = calibration_images(m, sample, trim=0.05)
+    assert report["dropped_largest_norm"] == len(sample) // 20
+    assert len(kept) == report["kept"] == len(sample) - report["dropped_largest_norm"]
+    assert not np.any(np.all(kept == 1.0, axis=(1, 2, 3)))  # the extreme image went
+    assert report["norm_max_kept"] < report["norm_max"]
+    cos = {}
+    for trim in (0, 0.05):
+        path = str(tmp_path / f"trim{trim}.tflite")
+        convert_tflite(m, path, "int8", sample, calibration_trim=trim)
+        (r,) = parity_report(m, TFLiteModel(path), faint[200:700]).values()
+        cos[trim] = r["p05_cosine"]
+    assert cos[0.05] > 0.999 and cos[0] < cos[0.05] - 0.005, cos
+    with pytest.raises(ValueError, match="trim"):
+        calibration_images(m, sample, trim=1.0)

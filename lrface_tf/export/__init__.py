@@ -5,6 +5,7 @@ from lrface_tf.export.savedmodel import export_savedmodel, save_keras
 from lrface_tf.export.tflite import (
     QUANTIZATIONS,
     TFLiteModel,
+    calibration_images,
     convert_tflite,
     latency_ms,
     parity_report,
@@ -14,6 +15,7 @@ __all__ = [
     "QUANTIZATIONS",
     "TFLiteModel",
     "atomic_path",
+    "calibration_images",
     "convert_tflite",
     "export_savedmodel",
     "latency_ms",

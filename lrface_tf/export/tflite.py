@@ -19,8 +19,57 @@ from lrface_tf.export.savedmodel import export_savedmodel
 QUANTIZATIONS = ("float32", "dynamic_range", "int8")
 
 
+def calibration_images(model, images, trim=0.05):
+    """The int8 calibration sample without the images whose embeddings have the largest norms.
+
+    The converter takes every tensor's int8 range from the minimum and maximum
+    over the calibration sample, so one extreme image sets the step for all
+    the others. Embeddings trained with scale-free (cosine) terms have
+    heavy-tailed norms: measured on a label-free MobileFaceNet-16 face student,
+    200 LFW crops had a median norm of 1.8 and a maximum of 325; with that
+    image in the sample the int8 embedding kept a mean cosine of 0.85 to the
+    float one, without the top 5% 0.99. The rarely seen extreme images are
+    clipped instead (their directions suffer, the rest keep their precision).
+
+    Args:
+      model: the Keras student (its "embedding" output, or its only output, is used).
+      images: float `(N, H, W, C)` in the model's input range.
+      trim: fraction of the images, those with the largest norms, left out (0 keeps all).
+
+    Returns:
+      (kept images, report dict: images, kept, dropped, norm median / max of
+      the sample and the largest norm kept).
+    """
+    if not 0 <= trim < 1:
+        raise ValueError(f"calibration trim must be in [0, 1), got {trim}")
+    images = np.asarray(images, np.float32)
+    norms = np.linalg.norm(_embedding(model(images, training=False)), axis=-1)
+    drop = int(np.floor(trim * len(images)))
+    keep = np.sort(np.argsort(norms, kind="stable")[: len(images) - drop])
+    report = {
+        "images": len(images),
+        "kept": len(keep),
+        "dropped_largest_norm": drop,
+        "norm_median": float(np.median(norms)),
+        "norm_max": float(norms.max()),
+        "norm_max_kept": float(norms[keep].max()),
+    }
+    return images[keep], report
+
+
+def _embedding(outputs):
+    if isinstance(outputs, dict):
+        outputs = outputs["embedding"] if "embedding" in outputs else next(iter(outputs.values()))
+    return np.asarray(outputs).reshape(len(outputs), -1)
+
+
 def convert_tflite(
-    model, path, quantization="float32", representative_images=None, saved_model_dir=None
+    model,
+    path,
+    quantization="float32",
+    representative_images=None,
+    saved_model_dir=None,
+    calibration_trim=0.05,
 ):
     """Convert a Keras model to a `.tflite` file.
 
@@ -32,6 +81,9 @@ def convert_tflite(
       representative_images: float array `(N, H, W, C)` in the model's input
         range, required for "int8" (a few hundred real images).
       saved_model_dir: reuse an exported SavedModel instead of exporting again.
+      calibration_trim: for "int8", the fraction of `representative_images`
+        with the largest embedding norms left out of calibration
+        (`calibration_images`); 0 calibrates on all of them.
 
     Returns:
       `path`.
@@ -40,6 +92,8 @@ def convert_tflite(
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r}: use one of {QUANTIZATIONS}")
+    if not 0 <= calibration_trim < 1:
+        raise ValueError(f"calibration_trim must be in [0, 1), got {calibration_trim}")
     if quantization == "int8" and representative_images is None:
         raise ValueError(
             "int8 quantization needs representative_images (a few hundred real inputs)"
@@ -51,6 +105,8 @@ def convert_tflite(
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == "int8":
             reps = np.asarray(representative_images, np.float32)
+            if calibration_trim:
+                reps, _ = calibration_images(model, reps, calibration_trim)
 
             def gen():
                 for i in range(len(reps)):
@@ -142,8 +198,9 @@ def parity_report(keras_model, tflite_model, images):
 
     Returns:
       dict per output: max_abs_error, and for "logits" top1_agreement (fraction
-      of images where both predict the same class); for "embedding" the mean
-      cosine similarity.
+      of images where both predict the same class); for "embedding" the mean,
+      5th percentile and minimum cosine similarity (a few badly clipped images
+      hide in the mean).
     """
     ref = keras_model(np.asarray(images, np.float32), training=False)
     got = tflite_model(images)
@@ -156,6 +213,9 @@ def parity_report(keras_model, tflite_model, images):
         else:
             num = np.sum(r * value, -1)
             den = np.linalg.norm(r, axis=-1) * np.linalg.norm(value, axis=-1) + 1e-12
-            entry["mean_cosine"] = float(np.mean(num / den))
+            cos = num / den
+            entry["mean_cosine"] = float(np.mean(cos))
+            entry["p05_cosine"] = float(np.percentile(cos, 5))
+            entry["min_cosine"] = float(np.min(cos))
         report[name] = entry
     return report
