@@ -49,8 +49,13 @@ def main(argv=None):
             p.error(f"unknown part {part!r}: use {', '.join(PARTS)}")
     path = os.path.join(ROOT, "bench", "results", "perf.json")
     old = read_json(path) if os.path.exists(path) else {}
-    figures = {k: v for k, v in old.get("figures", {}).items() if k.split(".")[0] not in parts}
-    commands = list(old.get("commands", []))
+    # Figures of parts not rerun are kept; names from before the parts existed are dropped.
+    figures = {
+        k: v
+        for k, v in old.get("figures", {}).items()
+        if k.split(".")[0] in PARTS and k.split(".")[0] not in parts
+    }
+    commands = list(old.get("commands", [])) if figures else []
     log = "saved_models/runs/perf/log.txt"
     for part in parts:
         print(f"--- {part}", flush=True)

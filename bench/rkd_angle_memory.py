@@ -29,7 +29,7 @@ s = tf.Variable(np.random.RandomState(1).randn(b, dim).astype("float32"))
 @tf.function
 def step():
     with tf.GradientTape() as tape:
-        v = loss(t, s)
+        v = tf.reduce_mean(loss(t, s))  # the term returns one value per anchor
     return v, tape.gradient(v, s)
 def rss_mb():
     with open("/proc/self/status") as f:
