@@ -12,7 +12,9 @@ Face verification on an LFW-format pairs file, swept over probe sizes and sides:
 
 Models may be .keras files or .tflite files (run with LiteRT). Writes results.json,
 results.md and (verification) roc.png, similarity_<model>.png and
-accuracy_vs_size.png into --output_dir. The protocol (kernel, upsampling,
+accuracy_vs_size.png into --output_dir; with --tsne_examples (classification or
+identification) a t-SNE map per model, tsne_<model>.png, with its leave-one-out 5-NN
+accuracy. The protocol (kernel, upsampling,
 sides, flip fusion, K-fold thresholds per condition) is recorded with every row.
 """
 
@@ -51,7 +53,15 @@ flags.DEFINE_string(
     "the others are LR probes (rank-1/5, CMC); plus the linear-probe protocol.",
 )
 flags.DEFINE_integer("linear_probe_epochs", 100, "Epochs of the linear-probe softmax (0: skip).")
-flags.DEFINE_integer("seed", 0, "Seed of the linear probe.")
+flags.DEFINE_integer(
+    "tsne_examples",
+    0,
+    "t-SNE map of each model's embeddings at the smallest probe size (CRRCD Fig. 4) with "
+    "the leave-one-out 5-NN accuracy: this many test images (classification, balanced "
+    "over classes) or the images of the people with the most images (--identification_root, "
+    "up to 10 people); 0: skip. Needs scikit-learn.",
+)
+flags.DEFINE_integer("seed", 0, "Seed of the linear probe and the t-SNE map.")
 
 GROUPS = (data, output, resolution)
 
@@ -73,12 +83,59 @@ def _sizes():
     return [None if p == "full" else int(p) for p in FLAGS.probe_sizes]
 
 
+def _tsne(models, images, labels, names, out):
+    """Per model: embeddings of `images` (uint8) at the smallest probe size, a t-SNE
+    picture `tsne_<model>.png` and the leave-one-out 5-NN accuracy; rows and md lines."""
+    from lrface_tf.eval import extract_embeddings
+    from lrface_tf.eval.embeddings import embedding_map, knn_accuracy
+    from lrface_tf.eval.pairs import model_input_size, prepare
+    from lrface_tf.eval.plots import plot_embedding_map
+
+    probe = min((p for p in _sizes() if p), default=None)
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    md = ["", "| t-SNE map | probe | images | classes | 5-NN accuracy (leave-one-out, cosine) |"]
+    md.append("|---|---|---|---|---|")
+    for path, model in models.items():
+        size = model_input_size(model)
+        x = prepare(images, size, probe, FLAGS.degrade_kernel, FLAGS.upsample_kernel)
+        e = extract_embeddings(model, x, progress=False)
+        knn = knn_accuracy(e, labels)
+        name = os.path.basename(path)
+        png = os.path.join(out, f"tsne_{name}.png")
+        title = f"{name} at {probe or 'full'} px: 5-NN {100 * knn:.1f}%"
+        plot_embedding_map(embedding_map(e, FLAGS.seed), labels, names, png, title)
+        rows.append(
+            {
+                "model": path,
+                "probe_size": probe or images.shape[1],
+                "images": len(labels),
+                "classes": len(set(labels.tolist())),
+                "knn5_accuracy": knn,
+                "picture": os.path.basename(png),
+            }
+        )
+        md.append(
+            f"| {name} | {probe or 'full'} | {len(labels)} | {rows[-1]['classes']} | "
+            f"{100 * knn:.2f} |"
+        )
+    return rows, md
+
+
+def _balanced(labels, total):
+    """Indices of the first `total // classes` examples of every class."""
+    classes = np.unique(labels)
+    per = max(1, total // len(classes))
+    return np.concatenate([np.flatnonzero(labels == c)[:per] for c in classes])
+
+
 def classification(models, out):
     from lrface_tf.data.degrade import DegradationSpec
     from lrface_tf.data.sources import load_training_data
     from lrface_tf.experiment import test_accuracy
 
-    test = load_training_data(data.config(FLAGS.teacher_size, FLAGS.seed)).test
+    loaded = load_training_data(data.config(FLAGS.teacher_size, FLAGS.seed))
+    test = loaded.test
     if test is None:
         raise ValueError(f"--data={FLAGS.data} has no labelled test split; pass --pairs")
     x, y = test
@@ -113,7 +170,14 @@ def classification(models, out):
         f"{100 * r['top1']:.2f} | {100 * r['top5']:.2f} |"
         for r in rows
     ]
-    return rows, md, {}
+    extra = {}
+    if FLAGS.tsne_examples:
+        y = np.asarray(y)
+        pick = _balanced(y, FLAGS.tsne_examples)
+        names = list(loaded.class_names)
+        extra["tsne"], lines = _tsne(models, np.asarray(x)[pick], y[pick], names, out)
+        md += lines
+    return rows, md, extra
 
 
 def verification(models, out):
@@ -265,7 +329,20 @@ def identification(models, out):
                 f"{100 * row['rank5']:.2f} | {lp_cells} |"
             )
     plot_cmc(curves, os.path.join(out, "cmc.png"))
-    return rows, md, {"data": folder.report.to_dict()}
+    extra = {"data": folder.report.to_dict()}
+    if FLAGS.tsne_examples:
+        counts = np.bincount(labels)
+        people, total = [], 0
+        for c in np.argsort(-counts, kind="stable")[:10]:
+            if people and total + counts[c] > FLAGS.tsne_examples:
+                break
+            people.append(c)
+            total += counts[c]
+        pick = np.flatnonzero(np.isin(labels, people))
+        names = list(folder.class_names)
+        extra["tsne"], lines = _tsne(models, images[pick], labels[pick], names, out)
+        md += lines
+    return rows, md, extra
 
 
 def main(argv):

@@ -281,6 +281,7 @@ def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
         "--image_size=16",
         f"--models={tmp_path / 'm.keras'}",
         "--probe_sizes=4,full",
+        "--tsne_examples=20",
         f"--output_dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -289,6 +290,11 @@ def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     # One colour per person: every probe finds its person first, and so does the probe softmax.
     assert all(r["rank1"] == 1.0 and r["linear_probe_top1"] == 1.0 for r in rows)
     assert (out / "cmc.png").stat().st_size > 1000
+    # The t-SNE map: the 4 people with the most images (5 each) fit in 20 images.
+    (tsne,) = json.loads((out / "results.json").read_text())["tsne"]
+    assert (tsne["probe_size"], tsne["images"], tsne["classes"]) == (4, 20, 4)
+    assert tsne["knn5_accuracy"] == 1.0
+    assert (out / "tsne_m.keras.png").stat().st_size > 1000
     assert "| m.keras | 4 | 100.00 | 100.00 | 100.00 | 100.00 |" in (out / "results.md").read_text()
 
 

@@ -231,3 +231,17 @@ def test_linear_probe_separates_real_digits_and_not_shuffled_labels():
     assert noise["top1"] < 0.25  # labels carry no signal: about chance on the test split
     with pytest.raises(ValueError, match=r"test identities \[7\]"):
         linear_probe(e[tr][y[tr] != 7], y[tr][y[tr] != 7], e[te], y[te])
+
+
+def test_knn_accuracy_by_hand_and_tsne_map_shape():
+    from lrface_tf.eval.embeddings import embedding_map, knn_accuracy
+
+    e = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.75, 0.65]], np.float32)
+    # Nearest neighbours (cosine): 0<->1, 2<->3, 4->1.
+    assert knn_accuracy(e, [0, 0, 1, 1, 0], k=1) == 1.0
+    assert knn_accuracy(e, [0, 1, 0, 1, 1], k=1) == pytest.approx(1 / 5)  # only 4 -> 1
+    # k=3: 0 sees 1, 4, 3 (labels 0, 1, 1) and 1 sees 0, 4, 3: both outvoted; 2 and 3 see
+    # each other, 4 and 1; 4 sees 1, 0, 3 (0, 0, 1): outvoted.
+    assert knn_accuracy(e, [0, 0, 1, 1, 1], k=3) == pytest.approx(2 / 5)
+    pts = embedding_map(np.random.default_rng(0).normal(size=(40, 8)), seed=0)
+    assert pts.shape == (40, 2) and np.all(np.isfinite(pts))

@@ -41,3 +41,38 @@ def extract_embeddings(model, images, batch_size=64, output="embedding", progres
         outs.append(np.asarray(y, np.float32))
         bar.add(1)
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def knn_accuracy(embeddings, labels, k=5):
+    """Leave-one-out k-nearest-neighbour accuracy under cosine similarity (majority vote,
+    ties to the nearest): how well the classes separate in the embedding space itself."""
+    e = np.asarray(embeddings, np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    votes = labels[nearest]
+    hits = 0
+    for row, y in zip(votes, labels):
+        values, counts = np.unique(row, return_counts=True)
+        best = values[counts == counts.max()]
+        pick = next(v for v in row if v in best)  # ties: the nearest of the tied classes
+        hits += pick == y
+    return hits / len(labels)
+
+
+def embedding_map(embeddings, seed=0, perplexity=30.0):
+    """A 2-D t-SNE map of L2-normalised embeddings (the pictures of CRRCD's Fig. 4).
+
+    Needs scikit-learn (`pip install scikit-learn`). Returns float `(N, 2)`.
+    """
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as e:
+        raise ImportError("the t-SNE map needs scikit-learn: pip install scikit-learn") from e
+    e = np.asarray(embeddings, np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    perplexity = min(perplexity, (len(e) - 1) / 3)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine")
+    return tsne.fit_transform(e).astype(np.float32)

@@ -55,6 +55,26 @@ def plot_similarity_histograms(scores, same, path, title="cosine similarity"):
     return _finish(fig, ax, path)
 
 
+def plot_embedding_map(points, labels, names, path, title="t-SNE"):
+    """2-D points (a t-SNE map) coloured by class; `names[label]` in the legend."""
+    plt = _plt()
+    points, labels = np.asarray(points), np.asarray(labels)
+    classes = sorted(set(labels.tolist()))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for i, c in enumerate(classes):
+        sel = labels == c
+        ax.scatter(*points[sel].T, s=6, color=cmap(i % cmap.N), label=str(names[c])[:24])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_size(series, path, ylabel="accuracy (%)"):
     """series: {label: [(probe_size, accuracy), ...]}."""
     plt = _plt()
