@@ -16,7 +16,17 @@ import argparse
 import glob
 import os
 
-from bench.runner import ROOT, Row, fmt, mean_std, read_json, run_rows, update_header, write_results
+from bench.runner import (
+    ROOT,
+    Row,
+    fmt,
+    mean_std,
+    previous_rows,
+    read_json,
+    run_rows,
+    update_header,
+    write_results,
+)
 
 
 def main(argv=None):
@@ -56,11 +66,13 @@ def main(argv=None):
             if key == "both":
                 record["val_tar_at_far_1e-3_both"] = r["tar_at_far_1e-3"]
         out.append(record)
+    kept, kept_commands = previous_rows("lfw_val", set(names))
+    out, commands = kept + out, kept_commands + commands
     table = markdown(out)
     write_results("lfw_val", out, commands, table)
     if args.update_headers:
         for row in rows:
-            sel = [r for r in out if r["row"] == row.name]
+            sel = [r for r in out if r["row"] == row.name]  # this run's rows only
             cells = ", ".join(
                 f"{k} {fmt([r[f'val_{k}'] for r in sel])}"
                 for k in ("probe", "cross", "both", "full")

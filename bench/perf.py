@@ -7,6 +7,8 @@ replicas, epoch time against data size, and the RKD angle memory figures.
 Every figure comes from apps runs of flagfiles under configs/perf/ (this script trains and
 builds nothing itself) and their records:
 
+xla           apps.distill on configs/perf/xla_*.cfg: the label-free face step of
+              MobileFaceNet-16 and ResNet-18 x0.25 with and without --jit_compile.
 latency       apps.distill on configs/perf/latency_*.cfg (three compact 16x16 students,
               trained briefly), then apps.export --latency_calls=300 for float32,
               dynamic-range and int8 TFLite models: median ms of one single-image call
@@ -34,7 +36,8 @@ import numpy as np
 
 from bench.runner import ROOT, Row, export_face_model, read_json, run_app, run_rows, write_results
 
-PARTS = ("latency", "mirrored", "epoch_size", "rkd_memory")
+PARTS = ("latency", "xla", "mirrored", "epoch_size", "rkd_memory")
+XLA_ROWS = ["xla_mobilefacenet16", "xla_mobilefacenet16_xla", "xla_resnet18", "xla_resnet18_xla"]
 LATENCY_ROWS = ["latency_resnet18", "latency_mobilefacenet16", "latency_mobilefacenet16_prelu"]
 SIZES = (4096, 8192, 16384, 32768)
 
@@ -100,6 +103,23 @@ def _latency(log):
             figures["sface_teacher.int8_ms"] = _fig(
                 round(teacher[0]["latency_ms_int8"], 2), "ms", "from bench.lfw_devtest"
             )
+    return figures, commands
+
+
+def _xla(log):
+    figures, commands = {}, []
+    rows = [Row(n, f"configs/perf/{n}.cfg", fixed=True) for n in XLA_ROWS]
+    for row, _, folder, cmd in run_rows(rows, [0], "saved_models/runs/perf", log):
+        commands.append(cmd)
+        m = read_json(os.path.join(folder, "metrics.json"))
+        secs = float(np.median(m["history"]["epoch_seconds"][1:]))
+        figures[f"{row.name.removeprefix('xla_')}.epoch_seconds"] = _fig(
+            round(secs, 2),
+            "s",
+            f"{row.flagfile}: median seconds of epochs 2-3 (3,000 faces, batch 128)",
+            images_per_second=round(m["data"]["used"] / secs),
+            params=m["params"],
+        )
     return figures, commands
 
 

@@ -169,6 +169,17 @@ def fmt(values, scale=100.0, digits=2):
     return f"{m:.{digits}f} +- {s:.{digits}f}"
 
 
+def previous_rows(name, rerun):
+    """Rows and commands of bench/results/<name>.json for the rows not in `rerun` (each
+    row keeps the date it was measured), so a bench run on some rows keeps the others."""
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+        return [], []
+    old = read_json(path)
+    kept = [{"date": old.get("date"), **r} for r in old["rows"] if r["row"] not in rerun]
+    return kept, (list(old.get("commands", [])) if kept else [])
+
+
 def write_results(name, rows, commands, markdown, **extra):
     """bench/results/<name>.json (rows, commands, date, extra fields) and <name>.md."""
     sys.path.insert(0, ROOT)
