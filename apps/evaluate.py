@@ -79,6 +79,15 @@ def _load(path):
     return load_keras_file(path)
 
 
+def _label(path):
+    """The model's file name, or "<folder>_<file name>" when another model shares the file
+    name (two runs' student.keras): names its pictures and table rows."""
+    name = os.path.basename(path)
+    if sum(os.path.basename(p) == name for p in FLAGS.models) > 1:
+        return f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}_{name}"
+    return name
+
+
 def _sizes():
     return [None if p == "full" else int(p) for p in FLAGS.probe_sizes]
 
@@ -101,7 +110,7 @@ def _tsne(models, images, labels, names, out):
         x = prepare(images, size, probe, FLAGS.degrade_kernel, FLAGS.upsample_kernel)
         e = extract_embeddings(model, x, progress=False)
         knn = knn_accuracy(e, labels)
-        name = os.path.basename(path)
+        name = _label(path)
         png = os.path.join(out, f"tsne_{name}.png")
         title = f"{name} at {probe or 'full'} px: 5-NN {100 * knn:.1f}%"
         plot_embedding_map(embedding_map(e, FLAGS.seed), labels, names, png, title)
@@ -198,7 +207,7 @@ def verification(models, out):
     os.makedirs(out, exist_ok=True)
     rows, curves, md = [], {}, []
     for path, model in models.items():
-        name = os.path.basename(path)
+        name = _label(path)
         cache = {}
         md += [
             f"### {name}",
@@ -237,7 +246,7 @@ def verification(models, out):
         plot_roc(curves, os.path.join(out, "roc.png"))
     series = {}
     for r in rows:
-        series.setdefault(f"{os.path.basename(r['model'])} ({r['side']})", []).append(
+        series.setdefault(f"{_label(r['model'])} ({r['side']})", []).append(
             (r["probe_size"], 100 * r["accuracy"])
         )
     plot_accuracy_vs_size(series, os.path.join(out, "accuracy_vs_size.png"))
@@ -321,11 +330,11 @@ def identification(models, out):
                 )
                 row.update(linear_probe_top1=lp["top1"], linear_probe_top5=lp["top5"])
             rows.append(row)
-            curves[f"{os.path.basename(path)} @{p or 'full'}"] = cmc
+            curves[f"{_label(path)} @{p or 'full'}"] = cmc
             lp = [row.get(f"linear_probe_top{k}") for k in (1, 5)]
             lp_cells = " | ".join("-" if v is None else f"{100 * v:.2f}" for v in lp)
             md.append(
-                f"| {os.path.basename(path)} | {p or 'full'} | {100 * row['rank1']:.2f} | "
+                f"| {_label(path)} | {p or 'full'} | {100 * row['rank1']:.2f} | "
                 f"{100 * row['rank5']:.2f} | {lp_cells} |"
             )
     plot_cmc(curves, os.path.join(out, "cmc.png"))

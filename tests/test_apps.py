@@ -273,29 +273,37 @@ def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     from tests.test_eval import _colour_people
 
     _colour_people(tmp_path / "faces", people=6, per=5)
-    _mean_colour_model(tmp_path / "m.keras")
+    for run in ("a", "b"):  # two runs' models with one file name
+        (tmp_path / run).mkdir()
+        _mean_colour_model(tmp_path / run / "m.keras")
     out = tmp_path / "eval"
     proc = run_app(
         "evaluate",
         f"--identification_root={tmp_path / 'faces'}",
         "--image_size=16",
-        f"--models={tmp_path / 'm.keras'}",
+        f"--models={tmp_path / 'a' / 'm.keras'},{tmp_path / 'b' / 'm.keras'}",
         "--probe_sizes=4,full",
         "--tsne_examples=20",
         f"--output_dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["probe_size"], r["people"], r["probes"]) for r in rows] == [(4, 6, 24), (16, 6, 24)]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [(r["probe_size"], r["people"], r["probes"]) for r in rows] == [
+        (4, 6, 24),
+        (16, 6, 24),
+    ] * 2
     # One colour per person: every probe finds its person first, and so does the probe softmax.
     assert all(r["rank1"] == 1.0 and r["linear_probe_top1"] == 1.0 for r in rows)
     assert (out / "cmc.png").stat().st_size > 1000
-    # The t-SNE map: the 4 people with the most images (5 each) fit in 20 images.
-    (tsne,) = json.loads((out / "results.json").read_text())["tsne"]
-    assert (tsne["probe_size"], tsne["images"], tsne["classes"]) == (4, 20, 4)
-    assert tsne["knn5_accuracy"] == 1.0
-    assert (out / "tsne_m.keras.png").stat().st_size > 1000
-    assert "| m.keras | 4 | 100.00 | 100.00 | 100.00 | 100.00 |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    for run in ("a", "b"):  # told apart by their folders
+        assert f"| {run}_m.keras | 4 | 100.00 | 100.00 | 100.00 | 100.00 |" in md
+    # The t-SNE maps: the 4 people with the most images (5 each) fit in 20 images.
+    for tsne, run in zip(results["tsne"], ("a", "b"), strict=True):
+        assert (tsne["probe_size"], tsne["images"], tsne["classes"]) == (4, 20, 4)
+        assert tsne["knn5_accuracy"] == 1.0
+        assert (out / f"tsne_{run}_m.keras.png").stat().st_size > 1000
 
 
 LFW = os.path.join(ROOT, "..", "shared", "data", "lfw")
