@@ -2,6 +2,8 @@
 
     python -m bench.lfw_devtest                                   # every row, seed 0
     python -m bench.lfw_devtest --rows=kd,horkd --seeds=0,1,2 --update_headers
+    python -m bench.lfw_devtest --name=lfw_devtest_val --configs=configs/lfw/val \
+        --runs=saved_models/runs/lfw_val --rows=teacher,feature_r18_100
 
 Needs the aligned LFW and the SFace teacher:
     python -m apps.align --src=../shared/data/lfw/lfw-deepfunneled --dst=saved_models/lfw_aligned
@@ -63,6 +65,13 @@ def main(argv=None):
     p.add_argument("--seeds", default="0")
     p.add_argument("--configs", default="configs/lfw", help="folder of the row flagfiles")
     p.add_argument("--name", default="lfw_devtest")
+    p.add_argument(
+        "--runs",
+        default=None,
+        help="folder of the row runs (default saved_models/runs/<name>); "
+        "--configs=configs/lfw/val --runs=saved_models/runs/lfw_val scores the recipe-selection "
+        "runs as trained (their training held out the pairsDevTest people too)",
+    )
     p.add_argument("--update_headers", action="store_true")
     args = p.parse_args(argv)
     for path in (ALIGNED, TEACHER):
@@ -70,15 +79,15 @@ def main(argv=None):
             p.error(f"{path} does not exist (see --help for the command that makes it)")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.rows.split(",")
-    runs = f"saved_models/runs/{args.name}"
-    log = os.path.join(runs, "log.txt")
+    runs = args.runs or f"saved_models/runs/{args.name}"
+    log = os.path.join(f"saved_models/runs/{args.name}", "log.txt")
     out, commands = [], []
     if "teacher" in names:
         commands += _evaluate_model(
             "teacher",
             0,
             TEACHER,
-            os.path.join(runs, "teacher"),
+            os.path.join(f"saved_models/runs/{args.name}", "teacher"),
             log,
             out,
             {"params": None, "train_seconds": 0.0},
