@@ -362,6 +362,13 @@ def main(argv):
         raise ValueError("pass --models=<a.keras>[,<b.tflite>...]")
     if FLAGS.pairs and FLAGS.identification_root:
         raise ValueError("pass either --pairs (verification) or --identification_root, not both")
+    if FLAGS.tsne_examples < 0 or FLAGS.tsne_examples == 1:
+        raise ValueError(f"--tsne_examples must be 0 (no map) or >= 2, got {FLAGS.tsne_examples}")
+    if FLAGS.tsne_examples and FLAGS.pairs:
+        raise ValueError(
+            "--tsne_examples needs labelled images: use it with a classification data set or "
+            "--identification_root, not --pairs"
+        )
     models = {path: _load(path) for path in FLAGS.models}
     out = output.folder("evaluate")
     with RunFolder(out):  # the folder is writable and ours before any work is done

@@ -268,6 +268,21 @@ def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
     assert "| 4 | 100.00 +- 0.00 | 100.00 +- 0.00 |" in (out / "results.md").read_text()
 
 
+def test_evaluate_refuses_a_tsne_map_without_labels(tmp_path):
+    proc = run_app(
+        "evaluate",
+        "--pairs=pairs.txt",
+        "--image_root=faces",
+        "--models=m.keras",
+        "--tsne_examples=20",
+        f"--output_dir={tmp_path / 'eval'}",
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--tsne_examples needs labelled images" in last, proc.stderr[-2000:]
+    assert not (tmp_path / "eval").exists()  # nothing written
+
+
 @pytest.mark.slow
 def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     from tests.test_eval import _colour_people
