@@ -47,6 +47,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_bool("flip_fusion", False, "Add the embedding of the mirrored image (reported).")
 flags.DEFINE_string(
+    "histogram_size",
+    "",
+    "Verification: the probe size (one of --probe_sizes, or 'full') of the ROC curves and "
+    "the same/different-person similarity histograms (CRRCD Fig. 5); default the smallest.",
+)
+flags.DEFINE_string(
     "identification_root",
     None,
     "Identity folder for identification: per person the first image is the HR gallery, "
@@ -90,6 +96,20 @@ def _label(path):
 
 def _sizes():
     return [None if p == "full" else int(p) for p in FLAGS.probe_sizes]
+
+
+def _histogram_size():
+    """The probe size of the ROC curves and similarity histograms (None: full)."""
+    if not FLAGS.histogram_size:
+        return min((s for s in _sizes() if s), default=None)
+    given = FLAGS.histogram_size
+    size = None if given == "full" else int(given) if given.isdigit() else -1
+    if size not in _sizes():
+        raise ValueError(
+            f"--histogram_size={given} is not one of --probe_sizes "
+            f"({','.join(FLAGS.probe_sizes)}); add it there or leave it out"
+        )
+    return size
 
 
 def _tsne(models, images, labels, names, out):
@@ -206,6 +226,7 @@ def verification(models, out):
     pairs = load_pair_images(FLAGS.pairs, FLAGS.image_root, FLAGS.image_size, FLAGS.image_ext)
     os.makedirs(out, exist_ok=True)
     rows, curves, md = [], {}, []
+    shown = _histogram_size()
     for path, model in models.items():
         name = _label(path)
         cache = {}
@@ -232,13 +253,13 @@ def verification(models, out):
                 scores, roc = r.pop("scores"), r.pop("roc")
                 rows.append({"model": path, **r})
                 cells.append(f"{100 * r['accuracy']:.2f} +- {100 * r['accuracy_std']:.2f}")
-                if p == min((s for s in _sizes() if s), default=None) and side == "probe":
-                    curves[f"{name} @{p}px probe"] = roc
+                if p == shown and side == "probe":
+                    curves[f"{name} @{p or 'full'}px probe"] = roc
                     plot_similarity_histograms(
                         scores,
                         pairs["same"],
                         os.path.join(out, f"similarity_{name}.png"),
-                        title=f"{name}, {p}px probe",
+                        title=f"{name}, {p or 'full'}px probe",
                     )
             md.append(f"| {p or 'full'} | " + " | ".join(cells) + " |")
         md.append("")
@@ -364,6 +385,8 @@ def main(argv):
         raise ValueError("pass either --pairs (verification) or --identification_root, not both")
     if FLAGS.tsne_examples < 0 or FLAGS.tsne_examples == 1:
         raise ValueError(f"--tsne_examples must be 0 (no map) or >= 2, got {FLAGS.tsne_examples}")
+    if FLAGS.pairs:
+        _histogram_size()  # a bad --histogram_size stops here, before anything is loaded
     if FLAGS.tsne_examples and FLAGS.pairs:
         raise ValueError(
             "--tsne_examples needs labelled images: use it with a classification data set or "
