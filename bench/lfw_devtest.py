@@ -79,15 +79,16 @@ def main(argv=None):
             p.error(f"{path} does not exist (see --help for the command that makes it)")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.rows.split(",")
-    runs = args.runs or f"saved_models/runs/{args.name}"
-    log = os.path.join(f"saved_models/runs/{args.name}", "log.txt")
+    own = f"saved_models/runs/{args.name}"  # the log and the teacher's evaluation
+    runs = args.runs or own
+    log = os.path.join(own, "log.txt")
     out, commands = [], []
     if "teacher" in names:
         commands += _evaluate_model(
             "teacher",
             0,
             TEACHER,
-            os.path.join(f"saved_models/runs/{args.name}", "teacher"),
+            os.path.join(own, "teacher"),
             log,
             out,
             {"params": None, "train_seconds": 0.0},

@@ -269,32 +269,30 @@ def test_evaluate_verification_sweep_writes_results_and_plots(tmp_path):
     assert "| 4 | 100.00 +- 0.00 | 100.00 +- 0.00 |" in (out / "results.md").read_text()
 
 
-def test_evaluate_refuses_a_tsne_map_without_labels_and_an_unswept_histogram_size(tmp_path):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tsne_examples=20"], "--tsne_examples needs labelled images"),
+        (
+            ["--probe_sizes=8,16", "--histogram_size=12"],
+            "--histogram_size=12 is not one of --probe_sizes (8,16)",
+        ),
+    ],
+    ids=["tsne_without_labels", "histogram_size_not_swept"],
+)
+def test_evaluate_refuses_bad_pairs_flags_in_one_line(tmp_path, flags, message):
     proc = run_app(
         "evaluate",
         "--pairs=pairs.txt",
         "--image_root=faces",
         "--models=m.keras",
-        "--tsne_examples=20",
+        *flags,
         f"--output_dir={tmp_path / 'eval'}",
     )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert "--tsne_examples needs labelled images" in last, proc.stderr[-2000:]
+    assert message in last, proc.stderr[-2000:]
     assert not (tmp_path / "eval").exists()  # nothing written
-    proc = run_app(
-        "evaluate",
-        "--pairs=pairs.txt",
-        "--image_root=faces",
-        "--models=m.keras",
-        "--probe_sizes=8,16",
-        "--histogram_size=12",
-        f"--output_dir={tmp_path / 'eval'}",
-    )
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert "--histogram_size=12 is not one of --probe_sizes (8,16)" in last, proc.stderr[-2000:]
-    assert not (tmp_path / "eval").exists()
 
 
 @pytest.mark.slow

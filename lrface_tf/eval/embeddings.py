@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def unit_rows(x):
+    """Rows of `x` scaled to unit L2 norm, in float64 (all-zero rows stay zero)."""
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def extract_embeddings(model, images, batch_size=64, output="embedding", progress=True):
     """Embeddings of `images` in batches, with a Keras progress bar.
 
@@ -46,8 +52,7 @@ def extract_embeddings(model, images, batch_size=64, output="embedding", progres
 def knn_accuracy(embeddings, labels, k=5):
     """Leave-one-out k-nearest-neighbour accuracy under cosine similarity (majority vote,
     ties to the nearest): how well the classes separate in the embedding space itself."""
-    e = np.asarray(embeddings, np.float64)
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    e = unit_rows(embeddings)
     labels = np.asarray(labels)
     sim = e @ e.T
     np.fill_diagonal(sim, -np.inf)
@@ -71,8 +76,7 @@ def embedding_map(embeddings, seed=0, perplexity=30.0):
         from sklearn.manifold import TSNE
     except ImportError as e:
         raise ImportError("the t-SNE map needs scikit-learn: pip install scikit-learn") from e
-    e = np.asarray(embeddings, np.float64)
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    e = unit_rows(embeddings)
     perplexity = min(perplexity, (len(e) - 1) / 3)
     tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine")
     return tsne.fit_transform(e).astype(np.float32)

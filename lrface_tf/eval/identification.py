@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _normalize(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from lrface_tf.eval.embeddings import unit_rows
 
 
 def cmc_curve(gallery, gallery_ids, probes, probe_ids, max_rank=None):
@@ -19,7 +16,7 @@ def cmc_curve(gallery, gallery_ids, probes, probe_ids, max_rank=None):
     Returns:
       `(R,)` array, element r-1 = rank-r accuracy; R = number of identities.
     """
-    g, p = _normalize(gallery), _normalize(probes)
+    g, p = unit_rows(gallery), unit_rows(probes)
     gallery_ids, probe_ids = np.asarray(gallery_ids), np.asarray(probe_ids)
     ids = np.unique(gallery_ids)
     missing = set(np.unique(probe_ids)) - set(ids)
@@ -78,8 +75,8 @@ def linear_probe(
             f"test identities {[int(i) for i in sorted(unknown)[:5]]} are not in the training "
             "split; a linear probe can only name identities it was trained on"
         )
-    xt = _normalize(train_embeddings).astype(np.float32)
-    xs = _normalize(test_embeddings).astype(np.float32)
+    xt = unit_rows(train_embeddings).astype(np.float32)
+    xs = unit_rows(test_embeddings).astype(np.float32)
     yt, ys = np.searchsorted(classes, train_ids), np.searchsorted(classes, test_ids)
     keras.utils.set_random_seed(seed)
     probe = keras.Sequential(

@@ -14,9 +14,9 @@ def _plt():
     return plt
 
 
-def _finish(fig, ax, path):
+def _finish(fig, ax, path, **legend):
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(**{"fontsize": 8, **legend})
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     _plt().close(fig)
@@ -68,11 +68,7 @@ def plot_embedding_map(points, labels, names, path, title="t-SNE"):
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, markerscale=2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, fontsize=6, markerscale=2)
 
 
 def plot_accuracy_vs_size(series, path, ylabel="accuracy (%)"):

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from lrface_tf.eval.embeddings import unit_rows
+
 
 def cosine_scores(emb_a, emb_b):
     """Row-wise cosine similarity of two `(N, D)` embedding arrays."""
-    a = np.asarray(emb_a, np.float64)
-    b = np.asarray(emb_b, np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=1)
+    return np.sum(unit_rows(emb_a) * unit_rows(emb_b), axis=1)
 
 
 def best_threshold(scores, same):

@@ -43,8 +43,10 @@ def calibration_images(model, images, trim=0.05):
     """
     if not 0 <= trim < 1:
         raise ValueError(f"calibration trim must be in [0, 1), got {trim}")
+    from lrface_tf.eval.embeddings import extract_embeddings
+
     images = np.asarray(images, np.float32)
-    norms = np.linalg.norm(_embedding(model(images, training=False)), axis=-1)
+    norms = np.linalg.norm(extract_embeddings(model, images, progress=False), axis=-1)
     drop = int(np.floor(trim * len(images)))
     keep = np.sort(np.argsort(norms, kind="stable")[: len(images) - drop])
     report = {
@@ -56,12 +58,6 @@ def calibration_images(model, images, trim=0.05):
         "norm_max_kept": float(norms[keep].max()),
     }
     return images[keep], report
-
-
-def _embedding(outputs):
-    if isinstance(outputs, dict):
-        outputs = outputs["embedding"] if "embedding" in outputs else next(iter(outputs.values()))
-    return np.asarray(outputs).reshape(len(outputs), -1)
 
 
 def convert_tflite(
