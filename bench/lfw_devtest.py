@@ -127,6 +127,7 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None)
                     "--probe_sizes=" + ",".join(SIZES),
                     f"--sides={sides}",
                     f"--gallery_model={TEACHER}",
+                    "--histogram_size=16",  # CRRCD Fig. 5's histograms, at 16 px
                     f"--output_dir={ev}",
                 ],
                 log,

@@ -38,7 +38,12 @@ from bench.runner import ROOT, Row, export_face_model, read_json, run_app, run_r
 
 PARTS = ("latency", "xla", "mirrored", "epoch_size", "rkd_memory")
 XLA_ROWS = ["xla_mobilefacenet16", "xla_mobilefacenet16_xla", "xla_resnet18", "xla_resnet18_xla"]
-LATENCY_ROWS = ["latency_resnet18", "latency_mobilefacenet16", "latency_mobilefacenet16_prelu"]
+LATENCY_ROWS = [
+    "latency_resnet18",
+    "latency_resnet18_gdc",
+    "latency_mobilefacenet16",
+    "latency_mobilefacenet16_prelu",
+]
 SIZES = (4096, 8192, 16384, 32768)
 
 

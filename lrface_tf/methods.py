@@ -127,6 +127,12 @@ METHODS = {
         "normalised-feature distillation: the LR student's embedding pulled to the HR "
         "teacher's (cosine); label-free with --task_weight=0",
     ),
+    "feature_crrcd": Method(
+        ("feature_l2", "crrcd"),
+        {"feature_weight": 10.0, "crrcd_weight": 1.0, "crrcd_sampling": "unsupervised"},
+        "the normalised-feature term plus CRRCD's relation contrastive term over a queue of "
+        "512 teacher embeddings of other faces (unsupervised sampling: needs no labels)",
+    ),
     "horkd": Method(
         ("rkd_distance", "rkd_angle", "class_center"),
         {},

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from lrface_tf.backbones import BACKBONES, build_backbone, named_features
+from lrface_tf.backbones.resnet import embedding_head
 from lrface_tf.layers import CosineHead
 from lrface_tf.models import build_recognizer
 
@@ -27,6 +28,32 @@ def test_specs_and_width_multiplier():
     assert 3.0 < r18_2.count_params() / r18.count_params() < 4.2
     r50 = build_backbone("resnet50", (16, 16, 3), width_multiplier=0.125, embedding_dim=16)
     assert r50.get_layer("stage4").output.shape[-1] == 4 * 64  # bottleneck expansion 4
+
+
+@pytest.mark.parametrize("pooling,invariant", [("avg", True), ("gdc", False)])
+def test_gdc_head_reads_where_features_fire(pooling, invariant):
+    # Global average pooling forgets the layout of the last map (a face with its eyes
+    # and mouth swapped embeds alike); the GDC head's per-position filter does not.
+    keras.utils.set_random_seed(0)
+    fmap = keras.Input((4, 4, 8))
+    head = keras.Model(fmap, embedding_head(fmap, 6, pooling=pooling))
+    x = np.random.RandomState(0).rand(2, 4, 4, 8).astype(np.float32)
+    flipped = x[:, ::-1]  # the same features, upside down
+    same = np.allclose(head(x), head(flipped), atol=1e-5)
+    assert same == invariant
+    if pooling == "gdc":
+        avg = keras.Model(fmap, embedding_head(fmap, 6, pooling="avg"))
+        assert head.count_params() - avg.count_params() == 4 * 4 * 8
+
+
+def test_gdc_backbones_are_registered():
+    plain = build_backbone("resnet18", (16, 16, 3), width_multiplier=0.25, embedding_dim=128)
+    gdc = build_backbone("resnet18_gdc", (16, 16, 3), width_multiplier=0.25, embedding_dim=128)
+    assert gdc.name == "resnet18_gdc"
+    # The compact 16 px face student: a 4x4x128 last map, so 2,048 GDC weights.
+    assert gdc.count_params() - plain.count_params() == 4 * 4 * 128
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        embedding_head(keras.Input((4, 4, 8)), 6, pooling="max")
 
 
 def test_fujitsu_thin_resnet36_and_resnet64():

@@ -13,7 +13,7 @@ from lrface_tf.backbones.thin_resnet import SPHERE_SPECS, sphere_from_spec, sphe
 BACKBONES = {
     **{
         name: (lambda shape, _n=name, **kw: resnet_from_spec(_n, shape, **kw))
-        for name in RESNET_SPECS
+        for name in (*RESNET_SPECS, *(f"{n}_gdc" for n in RESNET_SPECS))
     },
     **{
         name: (lambda shape, _n=name, **kw: sphere_from_spec(_n, shape, **kw))

@@ -14,7 +14,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-# name -> (block, depths, widths)
+POOLINGS = ("avg", "gdc", "flatten")
+
+# name -> (block, depths, widths); each is also registered as "<name>_gdc" (GDC head)
 RESNET_SPECS = {
     "resnet18": ("basic", (2, 2, 2, 2), (64, 128, 256, 512)),
     "resnet34": ("basic", (3, 4, 6, 3), (64, 128, 256, 512)),
@@ -80,18 +82,26 @@ BLOCKS = {"basic": basic_block, "bottleneck": bottleneck_block}
 
 
 def embedding_head(x, embedding_dim, dropout=0.0, pooling="avg", name="embedding"):
-    """BN -> dropout -> dense(D) -> BN, after global pooling (or flatten).
+    """BN -> dropout -> dense(D) -> BN, after pooling the last feature map.
 
+    `pooling`: "avg" (global average: every position weighed alike), "gdc" (a
+    global depthwise convolution, MobileFaceNet's head: one learned kxk filter per
+    channel over the whole map, so where a feature fires counts; kxk extra weights
+    per channel) or "flatten" (every position, every channel into the dense layer).
     The last BN (the embedding) computes in float32 whatever the global dtype
     policy, so under mixed precision the embedding, and every loss on it, is
     float32 (Keras' advice for a model's outputs).
     """
     if pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="pool")(x)
+    elif pooling == "gdc":
+        k = (x.shape[1], x.shape[2])
+        x = layers.DepthwiseConv2D(k, padding="valid", use_bias=False, name="gdc")(x)
+        x = layers.Flatten(name="pool")(x)
     elif pooling == "flatten":
         x = layers.Flatten(name="pool")(x)
     else:
-        raise ValueError(f"unknown pooling {pooling!r}: use 'avg' or 'flatten'")
+        raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="head_bn")(x)
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
@@ -109,6 +119,7 @@ def resnet(
     embedding_dim=128,
     dropout=0.0,
     activation="relu",
+    pooling="avg",
     name="resnet",
 ):
     """A ResNet that maps `(B, H, W, C)` float images in [0, 1] to `(B, D)` embeddings.
@@ -121,6 +132,8 @@ def resnet(
       embedding_dim: D, size of the embedding.
       dropout: dropout rate in the embedding head.
       activation: "relu" or "prelu".
+      pooling: how the last map becomes a vector: "avg", "gdc" or "flatten"
+        (see `embedding_head`).
 
     Returns:
       functional `keras.Model`; layers "stage1".."stageN" and "embedding" are named.
@@ -149,13 +162,19 @@ def resnet(
                 size = -(-size // 2)
             x = BLOCKS[block](x, width, stride, f"s{s + 1}b{b + 1}", activation)
         x = layers.Identity(name=f"stage{s + 1}")(x)
-    emb = embedding_head(x, embedding_dim, dropout)
+    emb = embedding_head(x, embedding_dim, dropout, pooling)
     return keras.Model(inputs, emb, name=name)
 
 
 def resnet_from_spec(spec_name, input_shape, **kwargs):
-    """One of `RESNET_SPECS` ("resnet18", "resnet50", ...) with `resnet()` options."""
-    if spec_name not in RESNET_SPECS:
+    """One of `RESNET_SPECS` ("resnet18", "resnet50", ...) with `resnet()` options.
+
+    "<spec>_gdc" is the same network with `pooling="gdc"`.
+    """
+    base = spec_name.removesuffix("_gdc")
+    if base not in RESNET_SPECS:
         raise ValueError(f"unknown ResNet spec {spec_name!r}: use one of {', '.join(RESNET_SPECS)}")
-    block, depths, widths = RESNET_SPECS[spec_name]
+    if base != spec_name:
+        kwargs = {**kwargs, "pooling": "gdc"}
+    block, depths, widths = RESNET_SPECS[base]
     return resnet(input_shape, depths=depths, widths=widths, block=block, name=spec_name, **kwargs)
