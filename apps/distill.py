@@ -104,6 +104,7 @@ def config():
         views=view_spec,
         # With views, --augment is replaced unless given explicitly (then the config refuses it).
         augment=FLAGS.augment if view_spec is None or FLAGS["augment"].present else "none",
+        lr_augment=resolution.lr_augment(),
         teacher_cache=FLAGS.teacher_cache,
         cache_dir=FLAGS.cache_dir,
         cache_runtime=FLAGS.cache_runtime,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lrface_tf.data.degrade import DegradationSpec
+from lrface_tf.data.degrade import DegradationSpec, LRAugment
 from lrface_tf.data.sources import DataConfig
 from lrface_tf.data.views import ViewSpec
 from lrface_tf.validation import check_int, check_non_negative, check_positive
@@ -163,6 +163,8 @@ class DistillConfig:
       views: the K fixed augmented views per image (`lrface_tf.data.views`), or
         None to use `augment`.
       augment: per-step augmentation when there are no views.
+      lr_augment: per-step perturbations of the student's LR view (`LRAugment`:
+        noise, random erasing), with or without views; None: none.
       teacher_cache: cache the frozen supervisor's outputs per image and view.
       cache_dir: where caches are kept and shared across runs (by fingerprint).
       cache_runtime: "keras" or "tflite" (LiteRT on every core; faster on CPUs).
@@ -184,6 +186,7 @@ class DistillConfig:
     hyperparameters: dict = dataclasses.field(default_factory=dict)
     views: ViewSpec | None = None
     augment: str = "flip_crop"
+    lr_augment: LRAugment | None = None
     teacher_cache: bool = False
     cache_dir: str = "saved_models/cache"
     cache_runtime: str = "keras"

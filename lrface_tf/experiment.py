@@ -337,6 +337,7 @@ def _distill(config, *, strategy, callbacks, log):
             views=views,
             cache=supervisor_cache if terms else None,
             augment=config.augment,
+            lr_augment=config.lr_augment,
             train=config.train,
             out_dir=out,
             callbacks=callbacks,
@@ -386,8 +387,10 @@ def _resume_key(config, stage):
     for k in ("output_dir", "val_pairs", "val_image_root", "val_probe_size", "cache_dir"):
         d.pop(k, None)
     d["train"] = _train_key(config.train)
+    if d.get("lr_augment") is None:
+        d.pop("lr_augment", None)  # backups written before the option still resume
     if stage == "assistant":
-        for k in ("student", "spec"):
+        for k in ("student", "spec", "lr_augment"):
             d.pop(k, None)
         d["stages"] = {k: v for k, v in d["stages"].items() if k != "init_from"}
     return {"stage": stage, **d}
@@ -431,6 +434,7 @@ def train_stage(
     labelled_fraction=0.0,
     resume_config=None,
     log=print,
+    lr_augment=None,
 ):
     """One Distiller trained with `fit()` on a resumable, step-indexed stream.
 
@@ -456,6 +460,12 @@ def train_stage(
         cache = dataclasses.replace(cache, head=None)  # no term reads the teacher's logits
     labels = data.labels
     steps = max(1, (data.epoch_examples or len(labels)) // train.batch_size)
+
+    if data.stream is not None and lr_augment is not None and lr_augment.active:
+        raise ValueError(
+            "--lr_noise / --lr_erase work on in-memory data, not on a streamed TFDS data set "
+            "yet: drop them or load the images into memory"
+        )
 
     def dataset(start_step):
         if data.stream is not None:  # a TFDS face data set, each worker reading its shards
@@ -489,6 +499,7 @@ def train_stage(
             deterministic=train.deterministic_input,
             # Fixed views, no HR view needed: make the LR views once, not every step.
             precompute_lr=views is not None and not keep_hr and is_deterministic(spec),
+            lr_augment=lr_augment,
         )
 
     return compile_and_fit(

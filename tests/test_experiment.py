@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lrface_tf.config import DistillConfig, ModelConfig, StageConfig, TrainConfig
-from lrface_tf.data.degrade import DegradationSpec
+from lrface_tf.data.degrade import DegradationSpec, LRAugment
 from lrface_tf.data.sources import DataConfig, load_training_data, stratified_subset
 from lrface_tf.data.views import ViewSpec
 from tests.test_case import digits
@@ -105,6 +105,16 @@ def _config(faces, tmp_path, **kw):
     return DistillConfig(**{**base, **kw})
 
 
+def test_lr_augment_is_part_of_the_student_stage_resume_key(faces, tmp_path):
+    from lrface_tf.experiment import _resume_key
+
+    plain = _config(faces, tmp_path, teacher="t.keras", method="kd")
+    aug = dataclasses.replace(plain, lr_augment=LRAugment(erase=0.5))
+    assert "lr_augment" not in _resume_key(plain, "student")  # older backups still resume
+    assert _resume_key(aug, "student") != _resume_key(plain, "student")
+    assert _resume_key(aug, "assistant") == _resume_key(plain, "assistant")  # no LR view there
+
+
 def test_embedding_only_teacher_with_class_mean_head_views_and_cache(faces, tmp_path):
     from lrface_tf.experiment import distill
 
@@ -116,12 +126,14 @@ def test_embedding_only_teacher_with_class_mean_head_views_and_cache(faces, tmp_
         teacher_head="class_mean",
         method="kd",
         views=ViewSpec(count=3, shift=0.05, colour=0.1),
+        lr_augment=LRAugment(noise=0.05, erase=0.5),
         teacher_cache=True,
         val_pairs=faces["pairs"],
         val_image_root=faces["root"],
     )
     lines = []
     result = distill(cfg, log=lines.append)
+    assert cfg.to_dict()["lr_augment"] == {"noise": 0.05, "erase": 0.5}
     assert result["teacher_head"] == {"kind": "class_mean", "scale": 16.0, "classes": PEOPLE}
     assert result["teacher_cache"]["status"] == "built" and result["teacher_cache"]["views"] == 3
     assert set(result["history"]) >= {"kd", "task", "loss"}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lrface_tf.data.degrade import DegradationSpec, degrade
+from lrface_tf.data.degrade import DegradationSpec, LRAugment, degrade
 from lrface_tf.data.pipeline import UNLABELLED, class_balanced_subset, paired_dataset
 from tests.test_case import digits
 
@@ -149,3 +149,50 @@ def test_precompute_lr_refuses_what_it_cannot_do():
     random_size = DegradationSpec(sizes=(2, 4), output_size=4)
     with pytest.raises(ValueError, match="deterministic degradation"):
         _view_streams(start_step=0, precompute_lr=True, spec=random_size)
+
+
+def test_lr_augment_erases_one_square_with_the_mean_colour():
+    import tensorflow as tf
+
+    img = np.random.RandomState(0).rand(16, 16, 3).astype(np.float32)
+    aug = LRAugment(erase=1.0)
+    squares = set()
+    for k in range(20):
+        seed = tf.constant([7, k], tf.int32)
+        out = aug.apply(tf.constant(img), seed).numpy()
+        np.testing.assert_array_equal(out, aug.apply(tf.constant(img), seed).numpy())
+        changed = np.argwhere(np.any(out != img, axis=-1))
+        (top, left), (bottom, right) = changed.min(0), changed.max(0)
+        side = bottom - top + 1
+        assert side == right - left + 1 and 3 <= side <= 6  # 20-40% of 16 px
+        assert len(changed) == side * side  # one full square, nothing outside it
+        np.testing.assert_allclose(out[top, left], img.mean(axis=(0, 1)), atol=1e-6)
+        squares.add((top, left, side))
+    assert len(squares) > 5  # placed and sized afresh per seed
+
+
+def test_lr_augment_noise_stays_in_range_and_never_moves_the_teacher_target():
+    aug = LRAugment(noise=0.1, erase=0.5)
+    clean = _batches_of(_view_streams(start_step=0, precompute_lr=True)[1], 4)
+    noisy = _batches_of(_view_streams(start_step=0, precompute_lr=True, lr_augment=aug)[1], 4)
+    again = _batches_of(_view_streams(start_step=0, lr_augment=aug)[1], 4)  # made every step
+    for (a, ya), (b, yb), (c, _) in zip(clean, noisy, again):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(a["teacher_embedding"], b["teacher_embedding"])
+        residual = b["lr"] - a["lr"]
+        assert 0.0 < np.abs(residual).mean() and 0.0 <= b["lr"].min() <= b["lr"].max() <= 1.0
+        np.testing.assert_allclose(c["lr"], b["lr"], atol=1e-5)  # same seeds, same noise
+    # Evaluation streams are never perturbed.
+    x, y = digits(16)
+    spec = DegradationSpec(sizes=(4,))
+    ev = dict(spec=spec, batch_size=16, training=False)
+    plain = next(iter(paired_dataset(x, y, **ev)))[0]["lr"].numpy()
+    evaluated = next(iter(paired_dataset(x, y, lr_augment=aug, **ev)))[0]["lr"].numpy()
+    np.testing.assert_array_equal(plain, evaluated)
+
+
+def test_lr_augment_refuses_out_of_range_values():
+    with pytest.raises(ValueError, match="LR noise is a pixel std in \\[0, 0.5\\], got 0.7"):
+        LRAugment(noise=0.7)
+    with pytest.raises(ValueError, match="LR erase probability must be in \\[0, 1\\]"):
+        LRAugment(erase=1.5)

@@ -19,6 +19,20 @@ flags.DEFINE_list(
 flags.DEFINE_float("lr_probability", 1.0, "Fraction of training examples degraded.")
 flags.DEFINE_enum("degrade_kernel", "area", list(KERNELS), "Downsampling kernel.")
 flags.DEFINE_enum("upsample_kernel", "bilinear", list(UPSAMPLE_KERNELS), "Upsampling kernel.")
+flags.DEFINE_float(
+    "lr_noise", 0.0, "Training: Gaussian noise on the LR view, std drawn per step from [0, x]."
+)
+flags.DEFINE_float(
+    "lr_erase", 0.0, "Training: probability of erasing a random square of the LR view."
+)
+
+
+def lr_augment():
+    """The training `LRAugment` of --lr_noise / --lr_erase, or None when both are 0."""
+    from lrface_tf.data.degrade import LRAugment
+
+    aug = LRAugment(noise=FLAGS.lr_noise, erase=FLAGS.lr_erase)
+    return aug if aug.active else None
 
 
 def student_input_size():

@@ -9,7 +9,7 @@ from lrface_tf.data.datasets import (
     load_fashion_mnist,
     read_idx,
 )
-from lrface_tf.data.degrade import KERNELS, DegradationSpec, degrade, gaussian_blur
+from lrface_tf.data.degrade import KERNELS, DegradationSpec, LRAugment, degrade, gaussian_blur
 from lrface_tf.data.images import check_image, image_format, list_images, read_image
 from lrface_tf.data.pipeline import (
     UNLABELLED,
@@ -23,6 +23,7 @@ __all__ = [
     "UNLABELLED",
     "DataError",
     "DegradationSpec",
+    "LRAugment",
     "check_image",
     "class_balanced_subset",
     "degrade",

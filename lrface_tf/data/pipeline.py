@@ -88,6 +88,7 @@ def paired_dataset(
     labelled_fraction=0.0,
     deterministic=True,
     precompute_lr=False,
+    lr_augment=None,
 ):
     """Batched `({"hr", "lr"}, label)` dataset from arrays or an (image, label) dataset.
 
@@ -145,6 +146,9 @@ def paired_dataset(
         size, probability 1) and arrays. Memory: N x K x h x w x C float32 (K
         views; 10,000 faces x 2 views at 16x16x3: 61 MB), in place of the N HR
         images (N x 112 x 112 x 3 uint8: 376 MB) the stream no longer holds.
+      lr_augment: an `LRAugment` (training only): the LR view perturbed afresh at
+        every step (noise, random erasing), after it is made or gathered; the
+        teacher's outputs stay those of the clean view.
     """
     if num_classes is not None and labels is not None and not isinstance(images, tf.data.Dataset):
         check_labels(labels, num_classes)
@@ -193,6 +197,13 @@ def paired_dataset(
                 hr_size=hr_size,
                 keep_hr=keep_hr,
             )
+
+    if training and lr_augment is not None and lr_augment.active:
+        plain_views = _views
+
+        def _views(element, s):
+            x, label = plain_views(element, s)
+            return {**x, "lr": lr_augment.apply(x["lr"], s + 29)}, label
 
     def _batched(ds, drop):
         # A cache's head gives the logits after batching: one (B, D) x (D, C) matmul
