@@ -214,6 +214,17 @@ def test_evaluate_pairs_end_to_end(tmp_path):
     )
     with pytest.raises(ValueError, match="side"):
         evaluate_pairs(model, data, side="gallery")
+    # The cross-model protocol with the model as its own gallery is the probe protocol,
+    # and the model agrees with itself on full-resolution images.
+    for size in (None, 4):
+        cross = evaluate_pairs(model, data, size, "cross", gallery_model=model)
+        probe = evaluate_pairs(model, data, size, "probe")
+        np.testing.assert_allclose(cross["scores"], probe["scores"], atol=1e-6)
+    same = evaluate_pairs(model, data, None, "cross", gallery_model=model)
+    assert same["teacher_agreement"] == pytest.approx(1.0, abs=1e-5)
+    flipped = keras.Model(image, {"embedding": keras.layers.Lambda(lambda e: -e)(emb)})
+    away = evaluate_pairs(flipped, data, None, "cross", gallery_model=model)
+    assert away["teacher_agreement"] == pytest.approx(-1.0, abs=1e-5)
 
 
 def test_linear_probe_separates_real_digits_and_not_shuffled_labels():

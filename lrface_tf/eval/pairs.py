@@ -142,7 +142,9 @@ def evaluate_pairs(
         embeddings of each (model, side of the pair, size) condition are computed once.
 
     Returns:
-      `verification_report` dict plus the condition, and "roc" (fpr, tpr) lists.
+      `verification_report` dict plus the condition, and "roc" (fpr, tpr) lists;
+      "cross" adds "teacher_agreement": the mean cosine between the gallery
+      model's HR embedding and `model`'s LR embedding of the same images.
     """
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
@@ -168,6 +170,11 @@ def evaluate_pairs(
         )
     scores = cosine_scores(ea, eb)
     report = verification_report(scores, data["same"], data["folds"])
+    if side == "cross":
+        # How well the probe model reproduces the gallery model's HR embedding of the
+        # same image (on people it never trained on: the student's generalisation).
+        lr_a = embed(model, "images_a", probe_size)
+        report["teacher_agreement"] = float(np.mean(cosine_scores(ea, lr_a)))
     fpr, tpr, _ = roc_curve(scores, data["same"])
     report.update(
         {
