@@ -86,12 +86,19 @@ def _load(path):
 
 
 def _label(path):
-    """The model's file name, or "<folder>_<file name>" when another model shares the file
-    name (two runs' student.keras): names its pictures and table rows."""
-    name = os.path.basename(path)
-    if sum(os.path.basename(p) == name for p in FLAGS.models) > 1:
-        return f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}_{name}"
-    return name
+    """The model's file name, with as many parent folders as it takes to tell it from the
+    other --models ("feature_r18_seed0_student.keras" beside "feature_mfn_seed0_..."):
+    names its pictures and table rows."""
+
+    def parts(p):
+        return os.path.normpath(os.path.abspath(p)).split(os.sep)
+
+    mine = parts(path)
+    others = [parts(p) for p in FLAGS.models if os.path.abspath(p) != os.path.abspath(path)]
+    for depth in range(1, len(mine) + 1):
+        if all(o[-depth:] != mine[-depth:] for o in others):
+            return "_".join(mine[-depth:])
+    return "_".join(mine)
 
 
 def _sizes():
@@ -252,7 +259,10 @@ def verification(models, out):
                 )
                 scores, roc = r.pop("scores"), r.pop("roc")
                 rows.append({"model": path, **r})
-                cells.append(f"{100 * r['accuracy']:.2f} +- {100 * r['accuracy_std']:.2f}")
+                cell = f"{100 * r['accuracy']:.2f} +- {100 * r['accuracy_std']:.2f}"
+                if "teacher_agreement" in r:
+                    cell += f" (teacher cosine {r['teacher_agreement']:.3f})"
+                cells.append(cell)
                 if p == shown and side == "probe":
                     curves[f"{name} @{p or 'full'}px probe"] = roc
                     plot_similarity_histograms(

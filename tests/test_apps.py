@@ -295,6 +295,24 @@ def test_evaluate_refuses_bad_pairs_flags_in_one_line(tmp_path, flags, message):
     assert not (tmp_path / "eval").exists()  # nothing written
 
 
+def test_evaluate_labels_tell_same_named_models_apart():
+    # Three runs' student.keras, two of them in folders named seed0: each label takes as
+    # many parent folders as it needs, no more.
+    script = (
+        "from absl import flags; from apps import evaluate; "
+        "flags.FLAGS(['x', '--models=r/a/seed0/student.keras,r/b/seed0/student.keras,"
+        "r/c/seed1/student.keras,t.keras']); "
+        "print([evaluate._label(p) for p in flags.FLAGS.models])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(
+        ["a_seed0_student.keras", "b_seed0_student.keras", "seed1_student.keras", "t.keras"]
+    )
+
+
 @pytest.mark.slow
 def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     from tests.test_eval import _colour_people
