@@ -30,7 +30,7 @@ from absl import flags
 
 from apps import runner
 from apps.flag_groups import data, devices, method, network, output, resolution, training, views
-from lrface_tf.config import INIT_FROM, STAGES, TEACHER_HEADS
+from lrface_tf.config import INIT_FROM, STAGES, TEACHER_HEADS, TEACHER_INPUTS
 
 FLAGS = flags.FLAGS
 
@@ -45,6 +45,13 @@ flags.DEFINE_enum(
     "(for an embedding-only teacher such as SFace).",
 )
 flags.DEFINE_float("teacher_head_scale", 16.0, "Scale s of the class-mean head.")
+flags.DEFINE_enum(
+    "teacher_input",
+    "hr",
+    list(TEACHER_INPUTS),
+    "What the frozen teacher reads: the HR view, or the student's LR view brought back to "
+    "its size (cached; the target is then a function of the student's input).",
+)
 flags.DEFINE_bool(
     "teacher_cache",
     False,
@@ -99,6 +106,7 @@ def config():
         teacher=FLAGS.teacher,
         teacher_head=FLAGS.teacher_head,
         teacher_head_scale=FLAGS.teacher_head_scale,
+        teacher_input=FLAGS.teacher_input,
         method=FLAGS.method,
         hyperparameters=method.hyperparameters(),
         views=view_spec,

@@ -25,6 +25,7 @@ from lrface_tf.data.views import ViewSpec
 from lrface_tf.validation import check_int, check_non_negative, check_positive
 
 HEADS = ("softmax", "arcface", "cosface", "none")
+TEACHER_INPUTS = ("hr", "lr")
 TEACHER_HEADS = ("own", "class_mean")
 INIT_FROM = ("none", "teacher", "assistant")
 STAGES = ("direct", "two_stage")
@@ -158,6 +159,11 @@ class DistillConfig:
         embedding-only teacher gets a cosine head on its class means over the
         training classes, fitted in closed form; `lrface_tf.teachers`).
       teacher_head_scale: the scale s of that head.
+      teacher_input: "hr": the teacher reads the HR view (the cross-resolution
+        target); "lr": it reads the student's LR view brought back to its own size
+        (area down, the spec's upsampling up), so the target is a function of what
+        the student sees: a student that matches it exactly verifies LR probes
+        against the teacher's HR gallery as well as the teacher does. Cached only.
       method: a name of `lrface_tf.methods.METHODS`.
       hyperparameters: overrides of the method's defaults (None: the default).
       views: the K fixed augmented views per image (`lrface_tf.data.views`), or
@@ -182,6 +188,7 @@ class DistillConfig:
     teacher: str | None = None
     teacher_head: str = "own"
     teacher_head_scale: float = 16.0
+    teacher_input: str = "hr"
     method: str = "baseline"
     hyperparameters: dict = dataclasses.field(default_factory=dict)
     views: ViewSpec | None = None
@@ -207,6 +214,23 @@ class DistillConfig:
                 f"unknown teacher_head {self.teacher_head!r}: use {', '.join(TEACHER_HEADS)}"
             )
         check_positive("teacher_head_scale", self.teacher_head_scale)
+        if self.teacher_input not in TEACHER_INPUTS:
+            raise ValueError(
+                f"unknown teacher_input {self.teacher_input!r}: use {', '.join(TEACHER_INPUTS)}"
+            )
+        if self.teacher_input == "lr":
+            from lrface_tf.data.pipeline import is_deterministic
+
+            if not self.teacher_cache or self.stages.stages != "direct":
+                raise ValueError(
+                    "--teacher_input=lr needs --teacher_cache and --stages=direct (the teacher's "
+                    "reading of the LR views is cached once)"
+                )
+            if not is_deterministic(self.spec):
+                raise ValueError(
+                    "--teacher_input=lr needs one LR size and --lr_probability=1 (one LR view "
+                    "per view to cache)"
+                )
         hyper = self.hyper
         if self.student.head == "none" and hyper["task_weight"] > 0:
             raise ValueError(

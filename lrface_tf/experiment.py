@@ -265,6 +265,7 @@ def _distill(config, *, strategy, callbacks, log):
                 cache_views,
                 progress=config.train.verbose == 1,
                 runtime=config.cache_runtime,
+                lr_input=config.spec if config.teacher_input == "lr" else None,
             )
             log(f"teacher cache ({cache_views.count} views): {status} {path}")
             result["teacher_cache"] = {"status": status, "path": path, "views": cache.num_views}
@@ -387,8 +388,12 @@ def _resume_key(config, stage):
     for k in ("output_dir", "val_pairs", "val_image_root", "val_probe_size", "cache_dir"):
         d.pop(k, None)
     d["train"] = _train_key(config.train)
+    # Options at their defaults leave the key as it was before they existed, so backups
+    # written then still resume.
     if d.get("lr_augment") is None:
-        d.pop("lr_augment", None)  # backups written before the option still resume
+        d.pop("lr_augment", None)
+    if d.get("teacher_input") == "hr":
+        d.pop("teacher_input", None)
     if stage == "assistant":
         for k in ("student", "spec", "lr_augment"):
             d.pop(k, None)

@@ -115,6 +115,17 @@ def test_lr_augment_is_part_of_the_student_stage_resume_key(faces, tmp_path):
     assert _resume_key(aug, "assistant") == _resume_key(plain, "assistant")  # no LR view there
 
 
+def test_teacher_input_lr_is_refused_where_it_cannot_be_cached(faces, tmp_path):
+    kw = dict(teacher="t.keras", method="feature", teacher_input="lr")
+    with pytest.raises(ValueError, match="--teacher_input=lr needs --teacher_cache"):
+        _config(faces, tmp_path, **kw)
+    random_size = DegradationSpec("area", (4, 8), output_size=8)
+    with pytest.raises(ValueError, match="needs one LR size"):
+        _config(faces, tmp_path, teacher_cache=True, spec=random_size, **kw)
+    with pytest.raises(ValueError, match="unknown teacher_input 'mid'"):
+        _config(faces, tmp_path, teacher="t.keras", method="feature", teacher_input="mid")
+
+
 def test_embedding_only_teacher_with_class_mean_head_views_and_cache(faces, tmp_path):
     from lrface_tf.experiment import distill
 

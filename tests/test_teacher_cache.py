@@ -37,6 +37,26 @@ def test_cached_outputs_are_the_teachers_outputs_for_the_shown_view(setup):
     np.testing.assert_allclose(views["teacher_logits"], ref["logits"], rtol=1e-4, atol=1e-5)
 
 
+def test_a_teacher_reading_lr_views_gets_the_students_input_at_its_size(setup, tmp_path):
+    from lrface_tf.data import degrade
+
+    x, y, teacher = setup
+    lr = DegradationSpec(sizes=(4,), upsample_kernel="bilinear")
+    cache, status, path = load_or_build(
+        str(tmp_path), teacher, x, VIEWS, progress=False, lr_input=lr
+    )
+    assert status == "built" and path != store_path(str(tmp_path), teacher, VIEWS)[0]
+    ds = paired_dataset(x, y, spec=SPEC, batch_size=32, augment="none", seed=5, teacher_cache=cache)
+    views, _ = next(iter(ds))
+    # The teacher's target is its output on the shown view, degraded to 4 px and brought
+    # back to 8: what the student sees, at the teacher's size.
+    seen = degrade(views["hr"], 4, "area", 8, "bilinear")
+    ref = teacher(seen, training=False)["embedding"]
+    np.testing.assert_allclose(views["teacher_embedding"], ref, rtol=1e-4, atol=1e-5)
+    hr = teacher(views["hr"], training=False)["embedding"]
+    assert not np.allclose(views["teacher_embedding"], hr, atol=1e-3)
+
+
 def _train(x, y, teacher, cache, keep_hr=True):
     student = tiny_model(4, num_classes=10, embedding_dim=6, seed=9)
     terms = {"kd": DistillTerm(KDLoss(2.0), 0.5, "logits"), "rkd": DistillTerm(RKDDistanceLoss())}

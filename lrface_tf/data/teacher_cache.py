@@ -54,11 +54,14 @@ def image_keys(images):
     )
 
 
-def fingerprint(teacher, views=None, hr_size=None, runtime="keras"):
-    """sha256 over the teacher's weights, the view spec, the HR size and the runtime."""
+def fingerprint(teacher, views=None, hr_size=None, runtime="keras", lr_input=None):
+    """sha256 over the teacher's weights, the view spec, the HR size, the runtime and, when
+    the teacher reads LR views (`lr_input`), their degradation."""
     views = views or ViewSpec()
     h = hashlib.sha256()
     meta = {"format": FORMAT, "views": views.to_dict(), "hr_size": hr_size, "runtime": runtime}
+    if lr_input is not None:  # absent otherwise: HR stores keep their fingerprints
+        meta["lr_input"] = lr_input.to_dict()
     h.update(json.dumps(meta, sort_keys=True).encode())
     for w in teacher.weights:
         h.update(w.path.encode())
@@ -109,13 +112,16 @@ class TeacherCache:
         hr_size=None,
         progress=True,
         runtime="keras",
+        lr_input=None,
     ):
         """Run the frozen teacher (inference mode) over every image and view."""
         views = views or ViewSpec()
         images = _nhwc(images)
         params = views.params(image_keys(images))
-        emb, logits = run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime)
-        fp = fingerprint(teacher, views, hr_size, runtime)
+        emb, logits = run_teacher(
+            teacher, images, params, batch_size, hr_size, progress, runtime, lr_input
+        )
+        fp = fingerprint(teacher, views, hr_size, runtime, lr_input)
         return cls(emb, logits, params, views, fp)
 
 
@@ -124,17 +130,21 @@ def _nhwc(images):
     return images[..., None] if images.ndim == 3 else images
 
 
-def run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime):
+def run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime, lr_input=None):
     """`(V, N, D)` embeddings and `(V, N, C)` logits (or None) of every image and view.
 
     Args:
       images: uint8 `(N, H, W, C)`; params: `(V, N, P)` view parameters.
       hr_size: area-resize the images to this size first, if they differ.
       runtime: "keras", "tflite", or a `teacher_runner` made once for many calls.
+      lr_input: None (the teacher reads the HR view), or a deterministic
+        `DegradationSpec`: the teacher reads each view degraded to the spec's LR size
+        and brought back to its own size (its reading of the student's input).
     """
     import keras
     import tensorflow as tf
 
+    from lrface_tf.data.degrade import degrade
     from lrface_tf.data.pipeline import to_float
     from lrface_tf.data.views import apply_view
 
@@ -145,7 +155,11 @@ def run_teacher(teacher, images, params, batch_size, hr_size, progress, runtime)
         x = to_float(x)
         if hr_size is not None and x.shape[1] != hr_size:
             x = tf.image.resize(x, (hr_size, hr_size), method="area")
-        return apply_view(x, p)
+        x = apply_view(x, p)
+        if lr_input is not None:
+            size = lr_input.sizes[0]
+            x = degrade(x, size, lr_input.kernel, x.shape[1], lr_input.upsample_kernel)
+        return x
 
     views, n = params.shape[0], len(images)
     steps = -(-n // batch_size)
@@ -193,10 +207,10 @@ def _tflite_runner(teacher):
 
 
 # ----------------------------------------------------------------------- the store
-def store_path(cache_dir, teacher, views=None, hr_size=None, runtime="keras"):
-    """The store file of a teacher, view spec, HR size and runtime in `cache_dir`."""
+def store_path(cache_dir, teacher, views=None, hr_size=None, runtime="keras", lr_input=None):
+    """The store file of a teacher, view spec, HR size, runtime and LR input in `cache_dir`."""
     views = views or ViewSpec()
-    fp = fingerprint(teacher, views, hr_size, runtime)
+    fp = fingerprint(teacher, views, hr_size, runtime, lr_input)
     return os.path.join(cache_dir, f"teacher_{fp[:20]}.npz"), fp
 
 
@@ -244,15 +258,18 @@ def load_or_build(
     hr_size=None,
     progress=True,
     runtime="keras",
+    lr_input=None,
 ):
     """The cache of `images`, from the store in `cache_dir`, computing what it lacks.
+
+    `lr_input`: see `run_teacher` (None: the teacher reads the HR views).
 
     Returns:
       (cache aligned with `images`, status, store path); status says "loaded",
       "built", "extended by N images" or "rebuilt (stale: ...)".
     """
     images, views = _nhwc(images), views or ViewSpec()
-    path, fp = store_path(cache_dir, teacher, views, hr_size, runtime)
+    path, fp = store_path(cache_dir, teacher, views, hr_size, runtime, lr_input)
     keys = image_keys(images)
     with _locked(path):
         store, status = None, "built"
@@ -267,7 +284,9 @@ def load_or_build(
         if missing:
             part = images[np.sort(missing)]
             params = views.params(keys[np.sort(missing)])
-            emb, logits = run_teacher(teacher, part, params, batch_size, hr_size, progress, runtime)
+            emb, logits = run_teacher(
+                teacher, part, params, batch_size, hr_size, progress, runtime, lr_input
+            )
             new = {"keys": keys[np.sort(missing)], "embedding": emb, "params": params}
             if logits is not None:
                 new["logits"] = logits
