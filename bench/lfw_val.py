@@ -16,8 +16,6 @@ import argparse
 import glob
 import os
 
-import numpy as np
-
 from bench.runner import (
     ROOT,
     Row,
@@ -96,7 +94,7 @@ def agree(sel):
     parts = []
     for k in ("val_teacher_agreement", "train_teacher_agreement"):
         v = [r[k] for r in sel if k in r]
-        parts.append(f"{np.mean(v):.3f}" if len(v) == len(sel) else "-")
+        parts.append(f"{mean_std(v)[0]:.3f}" if len(v) == len(sel) else "-")
     return " / ".join(parts)
 
 

@@ -231,6 +231,20 @@ class DistillConfig:
                     "--teacher_input=lr needs one LR size and --lr_probability=1 (one LR view "
                     "per view to cache)"
                 )
+        if self.data.source == "tfds":  # a stream reads the HR outputs stored with it
+            streamed = [
+                flag
+                for flag, used in (
+                    ("--teacher_input=lr", self.teacher_input == "lr"),
+                    ("--lr_noise / --lr_erase", bool(self.lr_augment and self.lr_augment.active)),
+                )
+                if used
+            ]
+            if streamed:
+                raise ValueError(
+                    f"{' and '.join(streamed)} work on in-memory data, not on a streamed TFDS "
+                    "data set yet: drop them or use --data=identity_folder"
+                )
         hyper = self.hyper
         if self.student.head == "none" and hyper["task_weight"] > 0:
             raise ValueError(

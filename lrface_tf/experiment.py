@@ -466,12 +466,6 @@ def train_stage(
     labels = data.labels
     steps = max(1, (data.epoch_examples or len(labels)) // train.batch_size)
 
-    if data.stream is not None and lr_augment is not None and lr_augment.active:
-        raise ValueError(
-            "--lr_noise / --lr_erase work on in-memory data, not on a streamed TFDS data set "
-            "yet: drop them or load the images into memory"
-        )
-
     def dataset(start_step):
         if data.stream is not None:  # a TFDS face data set, each worker reading its shards
             return data.stream.paired_dataset(

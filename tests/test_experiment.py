@@ -124,6 +124,14 @@ def test_teacher_input_lr_is_refused_where_it_cannot_be_cached(faces, tmp_path):
         _config(faces, tmp_path, teacher_cache=True, spec=random_size, **kw)
     with pytest.raises(ValueError, match="unknown teacher_input 'mid'"):
         _config(faces, tmp_path, teacher="t.keras", method="feature", teacher_input="mid")
+    # A TFDS stream reads the HR outputs stored with it, and its views are made on the fly:
+    # both options are refused before anything is loaded, not silently ignored.
+    stream = DataConfig("tfds", ("built_dataset",), image_size=16)
+    with pytest.raises(ValueError, match="--teacher_input=lr work on in-memory data"):
+        _config(faces, tmp_path, teacher_cache=True, data=stream, **kw)
+    with pytest.raises(ValueError, match="--lr_noise / --lr_erase work on in-memory data"):
+        _config(faces, tmp_path, data=stream, lr_augment=LRAugment(noise=0.1))
+    _config(faces, tmp_path, data=stream, lr_augment=LRAugment())  # nothing on: nothing refused
 
 
 def test_embedding_only_teacher_with_class_mean_head_views_and_cache(faces, tmp_path):
