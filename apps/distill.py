@@ -50,7 +50,13 @@ flags.DEFINE_enum(
     "hr",
     list(TEACHER_INPUTS),
     "What the frozen teacher reads: the HR view, or the student's LR view brought back to "
-    "its size (cached; the target is then a function of the student's input).",
+    "its size (cached; the target is then a function of the student's input), or both "
+    "blended (mix).",
+)
+flags.DEFINE_float(
+    "teacher_mix",
+    0.5,
+    "With --teacher_input=mix: the weight of the teacher's LR reading in the blended target.",
 )
 flags.DEFINE_bool(
     "teacher_cache",
@@ -107,6 +113,7 @@ def config():
         teacher_head=FLAGS.teacher_head,
         teacher_head_scale=FLAGS.teacher_head_scale,
         teacher_input=FLAGS.teacher_input,
+        teacher_mix=FLAGS.teacher_mix,
         method=FLAGS.method,
         hyperparameters=method.hyperparameters(),
         views=view_spec,

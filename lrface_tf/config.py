@@ -25,7 +25,7 @@ from lrface_tf.data.views import ViewSpec
 from lrface_tf.validation import check_int, check_non_negative, check_positive
 
 HEADS = ("softmax", "arcface", "cosface", "none")
-TEACHER_INPUTS = ("hr", "lr")
+TEACHER_INPUTS = ("hr", "lr", "mix")
 TEACHER_HEADS = ("own", "class_mean")
 INIT_FROM = ("none", "teacher", "assistant")
 STAGES = ("direct", "two_stage")
@@ -164,6 +164,10 @@ class DistillConfig:
         (area down, the spec's upsampling up), so the target is a function of what
         the student sees: a student that matches it exactly verifies LR probes
         against the teacher's HR gallery as well as the teacher does. Cached only.
+        "mix": both, blended per view (`lrface_tf.data.teacher_cache.blend`): for the
+        normalised-feature term this is the same as one term against each target,
+        weighted 1 - `teacher_mix` (HR) and `teacher_mix` (LR).
+      teacher_mix: with teacher_input "mix", the weight of the LR reading, in (0, 1).
       method: a name of `lrface_tf.methods.METHODS`.
       hyperparameters: overrides of the method's defaults (None: the default).
       views: the K fixed augmented views per image (`lrface_tf.data.views`), or
@@ -189,6 +193,7 @@ class DistillConfig:
     teacher_head: str = "own"
     teacher_head_scale: float = 16.0
     teacher_input: str = "hr"
+    teacher_mix: float = 0.5
     method: str = "baseline"
     hyperparameters: dict = dataclasses.field(default_factory=dict)
     views: ViewSpec | None = None
@@ -218,24 +223,36 @@ class DistillConfig:
             raise ValueError(
                 f"unknown teacher_input {self.teacher_input!r}: use {', '.join(TEACHER_INPUTS)}"
             )
-        if self.teacher_input == "lr":
+        if self.teacher_input == "mix":
+            if not 0.0 < self.teacher_mix < 1.0:
+                raise ValueError(
+                    f"--teacher_mix={self.teacher_mix} is outside (0, 1): it is the weight of "
+                    "the teacher's LR reading (use --teacher_input=hr or =lr for 0 or 1)"
+                )
+        elif self.teacher_mix != 0.5:
+            raise ValueError(
+                f"--teacher_mix only applies to --teacher_input=mix (here {self.teacher_input}): "
+                "drop it or add --teacher_input=mix"
+            )
+        if self.teacher_input != "hr":
             from lrface_tf.data.pipeline import is_deterministic
 
+            flag = f"--teacher_input={self.teacher_input}"
             if not self.teacher_cache or self.stages.stages != "direct":
                 raise ValueError(
-                    "--teacher_input=lr needs --teacher_cache and --stages=direct (the teacher's "
+                    f"{flag} needs --teacher_cache and --stages=direct (the teacher's "
                     "reading of the LR views is cached once)"
                 )
             if not is_deterministic(self.spec):
                 raise ValueError(
-                    "--teacher_input=lr needs one LR size and --lr_probability=1 (one LR view "
+                    f"{flag} needs one LR size and --lr_probability=1 (one LR view "
                     "per view to cache)"
                 )
         if self.data.source == "tfds":  # a stream reads the HR outputs stored with it
             streamed = [
                 flag
                 for flag, used in (
-                    ("--teacher_input=lr", self.teacher_input == "lr"),
+                    (f"--teacher_input={self.teacher_input}", self.teacher_input != "hr"),
                     ("--lr_noise / --lr_erase", bool(self.lr_augment and self.lr_augment.active)),
                 )
                 if used

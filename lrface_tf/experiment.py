@@ -217,7 +217,7 @@ def _distill(config, *, strategy, callbacks, log):
     import tensorflow as tf
 
     from lrface_tf.data.sources import load_training_data
-    from lrface_tf.data.teacher_cache import load_or_build
+    from lrface_tf.data.teacher_cache import blend, load_or_build
     from lrface_tf.data.views import ViewSpec
     from lrface_tf.export import save_keras
     from lrface_tf.methods import get_method, method_terms, used_hyperparameters
@@ -258,17 +258,23 @@ def _distill(config, *, strategy, callbacks, log):
             cache = _stored_teacher_outputs(config, data.stream, teacher, views, result, log)
         elif teacher is not None and (config.teacher_cache or config.teacher_head == "class_mean"):
             cache_views = views if config.teacher_cache else ViewSpec(count=1)
-            cache, status, path = load_or_build(
-                config.cache_dir,
-                teacher,
-                data.images,
-                cache_views,
-                progress=config.train.verbose == 1,
-                runtime=config.cache_runtime,
-                lr_input=config.spec if config.teacher_input == "lr" else None,
-            )
-            log(f"teacher cache ({cache_views.count} views): {status} {path}")
-            result["teacher_cache"] = {"status": status, "path": path, "views": cache.num_views}
+            readings = {"hr": ("hr",), "lr": ("lr",), "mix": ("hr", "lr")}[config.teacher_input]
+            caches, records = [], []
+            for reading in readings:
+                one, status, path = load_or_build(
+                    config.cache_dir,
+                    teacher,
+                    data.images,
+                    cache_views,
+                    progress=config.train.verbose == 1,
+                    runtime=config.cache_runtime,
+                    lr_input=config.spec if reading == "lr" else None,
+                )
+                log(f"teacher cache ({cache_views.count} views, {reading} input): {status} {path}")
+                caches.append(one)
+                records.append({"status": status, "path": path, "views": one.num_views})
+            cache = caches[0] if len(caches) == 1 else blend(*caches, config.teacher_mix)
+            result["teacher_cache"] = records[0] if len(records) == 1 else records
         base_teacher = teacher
         if config.teacher_head == "class_mean" and distils:
             teacher, cache = class_mean_teacher(
@@ -394,6 +400,8 @@ def _resume_key(config, stage):
         d.pop("lr_augment", None)
     if d.get("teacher_input") == "hr":
         d.pop("teacher_input", None)
+    if d.get("teacher_input") != "mix":
+        d.pop("teacher_mix", None)
     if stage == "assistant":
         for k in ("student", "spec", "lr_augment"):
             d.pop(k, None)

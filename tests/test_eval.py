@@ -146,6 +146,8 @@ def test_verification_callback_and_embeddings(tmp_path):
     same = np.arange(40) < 20
     emb = extract_embeddings(student, a, batch_size=16, progress=False)
     np.testing.assert_allclose(emb, student(a)["embedding"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no 'feature' output .* embedding, logits"):
+        extract_embeddings(student, a, output="feature", progress=False)
     cb = VerificationCallback(a, b, same, log_dir=str(tmp_path / "tb"))
     d = Distiller(student, None, task_loss=MaskedCrossEntropy())
     d.compile(optimizer=keras.optimizers.SGD(0.0))

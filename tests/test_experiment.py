@@ -116,12 +116,25 @@ def test_lr_augment_is_part_of_the_student_stage_resume_key(faces, tmp_path):
 
 
 def test_teacher_input_lr_is_refused_where_it_cannot_be_cached(faces, tmp_path):
+    from lrface_tf.experiment import _resume_key
+
     kw = dict(teacher="t.keras", method="feature", teacher_input="lr")
     with pytest.raises(ValueError, match="--teacher_input=lr needs --teacher_cache"):
         _config(faces, tmp_path, **kw)
     random_size = DegradationSpec("area", (4, 8), output_size=8)
     with pytest.raises(ValueError, match="needs one LR size"):
         _config(faces, tmp_path, teacher_cache=True, spec=random_size, **kw)
+    mix = dict(kw, teacher_input="mix")
+    with pytest.raises(ValueError, match="--teacher_input=mix needs --teacher_cache"):
+        _config(faces, tmp_path, **mix)
+    with pytest.raises(ValueError, match=r"--teacher_mix=1.0 is outside \(0, 1\)"):
+        _config(faces, tmp_path, teacher_cache=True, teacher_mix=1.0, **mix)
+    with pytest.raises(ValueError, match="--teacher_mix only applies to --teacher_input=mix"):
+        _config(faces, tmp_path, teacher="t.keras", method="feature", teacher_mix=0.3)
+    mixed = _config(faces, tmp_path, teacher_cache=True, teacher_mix=0.3, **mix)
+    lr_only = _config(faces, tmp_path, teacher_cache=True, **kw)
+    assert "teacher_mix" not in _resume_key(lr_only, "student")  # only where it is used
+    assert _resume_key(mixed, "student")["teacher_mix"] == 0.3
     with pytest.raises(ValueError, match="unknown teacher_input 'mid'"):
         _config(faces, tmp_path, teacher="t.keras", method="feature", teacher_input="mid")
     # A TFDS stream reads the HR outputs stored with it, and its views are made on the fly:

@@ -5,6 +5,7 @@ import pytest
 from lrface_tf.data import DegradationSpec, paired_dataset
 from lrface_tf.data.teacher_cache import (
     TeacherCache,
+    blend,
     image_keys,
     load_or_build,
     store_path,
@@ -55,6 +56,42 @@ def test_a_teacher_reading_lr_views_gets_the_students_input_at_its_size(setup, t
     np.testing.assert_allclose(views["teacher_embedding"], ref, rtol=1e-4, atol=1e-5)
     hr = teacher(views["hr"], training=False)["embedding"]
     assert not np.allclose(views["teacher_embedding"], hr, atol=1e-3)
+
+
+def test_a_blended_target_has_the_two_feature_terms_minimiser(setup, tmp_path):
+    import tensorflow as tf
+
+    from lrface_tf.losses import FeatureLoss
+
+    x, y, teacher = setup
+    hr, _, _ = load_or_build(str(tmp_path), teacher, x, VIEWS, progress=False)
+    lr, _, _ = load_or_build(
+        str(tmp_path), teacher, x, VIEWS, progress=False, lr_input=DegradationSpec(sizes=(4,))
+    )
+    w = 0.3
+    mixed = blend(hr, lr, w)
+    assert mixed.fingerprint not in (hr.fingerprint, lr.fingerprint)
+    np.testing.assert_allclose(np.linalg.norm(mixed.embedding, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(mixed.logits, 0.7 * hr.logits + 0.3 * lr.logits, rtol=1e-5)
+    # One normalised-feature term against the blend pulls a student embedding the way the
+    # two weighted terms against the HR and the LR readings do (gradient / blend length).
+    loss = FeatureLoss("l2", normalize=True)
+    s = tf.Variable(np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32))
+    t_hr, t_lr, t_mix = hr.embedding[0], lr.embedding[0], mixed.embedding[0]
+    with tf.GradientTape(persistent=True) as tape:
+        one = tf.reduce_sum(loss.compute(t_mix, s, None, True))
+        two = tf.reduce_sum(
+            (1 - w) * loss.compute(t_hr, s, None, True) + w * loss.compute(t_lr, s, None, True)
+        )
+    unit = lambda e: e / np.linalg.norm(e, axis=-1, keepdims=True)  # noqa: E731
+    length = np.linalg.norm((1 - w) * unit(t_hr) + w * unit(t_lr), axis=-1, keepdims=True)
+    np.testing.assert_allclose(
+        tape.gradient(two, s), length * tape.gradient(one, s), rtol=1e-4, atol=1e-6
+    )
+    assert not np.allclose(tape.gradient(two, s), 0.0)
+    other = TeacherCache.build(teacher, x[:48], VIEWS, progress=False)
+    with pytest.raises(ValueError, match="hold different views or images"):
+        blend(hr, other, w)
 
 
 def _train(x, y, teacher, cache, keep_hr=True):

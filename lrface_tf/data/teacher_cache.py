@@ -69,6 +69,37 @@ def fingerprint(teacher, views=None, hr_size=None, runtime="keras", lr_input=Non
     return h.hexdigest()
 
 
+def blend(hr, lr, weight):
+    """One cache whose targets mix two readings of the same views: per view and image,
+    the unit vector along `(1 - weight) * e_hr + weight * e_lr` of the L2-normalised
+    embeddings, and the same mix of the logits.
+
+    For the normalised-feature term (`||s - t||^2` between unit vectors, `2 - 2 s.t`)
+    one term against the blend has the gradient of the two weighted terms against `e_hr`
+    and `e_lr` divided by the blend's length: the same minimiser, one term's cost.
+
+    Raises:
+      ValueError: the two caches were not built on the same views of the same images.
+    """
+    if hr.embedding.shape != lr.embedding.shape or not np.array_equal(hr.params, lr.params):
+        raise ValueError(
+            "the two teacher caches to blend hold different views or images: build both "
+            "with the same --views flags on the same data"
+        )
+
+    def unit(e):
+        return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+    mixed = unit((1.0 - weight) * unit(hr.embedding) + weight * unit(lr.embedding))
+    logits = None
+    if hr.logits is not None and lr.logits is not None:
+        logits = (1.0 - weight) * hr.logits + weight * lr.logits
+    digest = hashlib.sha256(f"{hr.fingerprint}:{lr.fingerprint}:{weight!r}".encode())
+    return dataclasses.replace(
+        hr, embedding=mixed.astype(np.float32), logits=logits, fingerprint=digest.hexdigest()
+    )
+
+
 @dataclasses.dataclass
 class TeacherCache:
     """Teacher outputs per view and image, aligned with a data set's images.

@@ -43,6 +43,11 @@ def extract_embeddings(model, images, batch_size=64, output="embedding", progres
         else:
             y = model(np.asarray(batch))
         if isinstance(y, dict):
+            if output not in y:
+                raise ValueError(
+                    f"the model has no {output!r} output (it has {', '.join(sorted(y))}): "
+                    "pass the output to read, or a model with an embedding output"
+                )
             y = y[output]
         outs.append(np.asarray(y, np.float32))
         bar.add(1)

@@ -33,7 +33,8 @@ def calibration_images(model, images, trim=0.05):
     keep their precision).
 
     Args:
-      model: the Keras student (its "embedding" output, or its only output, is used).
+      model: the Keras student: its "embedding" output when it returns a dict, else
+        its single output.
       images: float `(N, H, W, C)` in the model's input range.
       trim: fraction of the images, those with the largest norms, left out (0 keeps all).
 
