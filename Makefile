@@ -49,7 +49,7 @@ test: venv data
 
 lint: venv
 	$(VENV)/bin/ruff check lrface_tf apps tests bench
-	$(VENV)/bin/ruff format --check lrface_tf apps tests bench
+	$(VENV)/bin/ruff format --check lrface_tf apps tests bench README.md
 
 bench: venv data
 	$(PY) -m bench.fmnist_7px
