@@ -58,6 +58,12 @@ flags.DEFINE_string(
     "Identity folder for identification: per person the first image is the HR gallery, "
     "the others are LR probes (rank-1/5, CMC); plus the linear-probe protocol.",
 )
+flags.DEFINE_list(
+    "identification_people_from",
+    [],
+    "With --identification_root: only the people named in these LFW-format pairs files "
+    "take part (e.g. the people a recipe-selection run held out of training).",
+)
 flags.DEFINE_integer("linear_probe_epochs", 100, "Epochs of the linear-probe softmax (0: skip).")
 flags.DEFINE_integer(
     "tsne_examples",
@@ -305,7 +311,27 @@ def identification(models, out):
     from lrface_tf.eval.pairs import load_images, model_input_size, prepare
     from lrface_tf.eval.plots import plot_cmc
 
-    folder = identity_folder(FLAGS.identification_root, min_images=2, on_error="skip")
+    exclude = ()
+    if FLAGS.identification_people_from:
+        from lrface_tf.data.sources import held_out_people
+
+        keep = held_out_people(FLAGS.identification_people_from)
+        root = FLAGS.identification_root
+        present = [
+            p
+            for p in os.listdir(root)
+            if not p.startswith(".") and os.path.isdir(os.path.join(root, p))
+        ]
+        exclude = [p for p in present if p not in keep]
+        if len(exclude) == len(present):
+            raise ValueError(
+                f"{FLAGS.identification_root}: none of the people of "
+                f"{','.join(FLAGS.identification_people_from)} has a folder there; point "
+                "--identification_people_from at pairs of the same data set"
+            )
+    folder = identity_folder(
+        FLAGS.identification_root, min_images=2, on_error="skip", exclude_people=exclude
+    )
     reasons = folder.report.counts_by_reason()
     if reasons:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
@@ -370,6 +396,11 @@ def identification(models, out):
             )
     plot_cmc(curves, os.path.join(out, "cmc.png"))
     extra = {"data": folder.report.to_dict()}
+    if FLAGS.identification_people_from:
+        extra["people_from"] = {
+            "pairs": list(FLAGS.identification_people_from),
+            "people_left_out": len(exclude),
+        }
     if FLAGS.tsne_examples:
         counts = np.bincount(labels)
         people, total = [], 0

@@ -34,7 +34,7 @@ def main(argv=None):
     known = sorted(
         os.path.basename(f)[:-4]
         for f in glob.glob(os.path.join(ROOT, "configs", "lfw", "val", "*.cfg"))
-        if not f.endswith("base.cfg")
+        if not f.endswith("base.cfg") and not os.path.basename(f).startswith("eval_")
     )
     p.add_argument("--rows", default=",".join(known))
     p.add_argument("--seeds", default="0")

@@ -317,7 +317,10 @@ def test_evaluate_labels_tell_same_named_models_apart():
 def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     from tests.test_eval import _colour_people
 
-    _colour_people(tmp_path / "faces", people=6, per=5)
+    _colour_people(tmp_path / "faces", people=8, per=5)
+    # Only the six people of this pairs file take part (P6 and P7 are left out).
+    people = tmp_path / "people.txt"
+    people.write_text("3\nP0 1 2\nP1 1 2\nP2 1 2\nP3 1 P4 1\nP5 1 P0 1\nP1 1 P2 1\n")
     for run in ("a", "b"):  # two runs' models with one file name
         (tmp_path / run).mkdir()
         _mean_colour_model(tmp_path / run / "m.keras")
@@ -325,6 +328,7 @@ def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     proc = run_app(
         "evaluate",
         f"--identification_root={tmp_path / 'faces'}",
+        f"--identification_people_from={people}",
         "--image_size=16",
         f"--models={tmp_path / 'a' / 'm.keras'},{tmp_path / 'b' / 'm.keras'}",
         "--probe_sizes=4,full",
@@ -334,6 +338,7 @@ def test_evaluate_identification_rank_k_cmc_and_linear_probe(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
+    assert results["people_from"] == {"pairs": [str(people)], "people_left_out": 2}
     assert [(r["probe_size"], r["people"], r["probes"]) for r in rows] == [
         (4, 6, 24),
         (16, 6, 24),
