@@ -19,7 +19,9 @@ apps.export for the one-thread LiteRT latency of the fp32 and int8 models.
 The "teacher" row evaluates SFace itself (no training). Rows in
 bench/results/<name>.json: one per (row, seed, probe size, protocol), with fold
 accuracies, TAR at FAR 1e-3, params, latency and training seconds; the markdown
-table has mean +- std over seeds and a paired per-fold comparison with the teacher.
+table has mean +- std over seeds and a paired per-fold comparison with the teacher. Rows
+(and seeds) not rerun are kept from the previous results file while their flagfile is
+unchanged.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from bench.runner import (
     ROOT,
     Row,
     export_face_model,
+    flags_sha1,
     fmt,
     mean_std,
+    previous_rows,
     read_json,
     run_app,
     run_rows,
@@ -94,12 +98,17 @@ def main(argv=None):
             {"params": None, "train_seconds": 0.0},
         )
     rows = [Row(n, f"{args.configs}/{n}.cfg") for n in names if n != "teacher"]
+    sha = {row.name: flags_sha1(row.flagfile) for row in rows}
     for row, seed, folder, cmd in run_rows(rows, seeds, runs, log):
         commands.append(cmd)
         m = read_json(os.path.join(folder, "metrics.json"))
+        m["flags_sha1"] = sha[row.name]
         commands += _evaluate_model(
             row.name, seed, os.path.join(folder, "student.keras"), folder, log, out, m, row.flagfile
         )
+    kept, kept_commands = previous_rows(args.name, {(r["row"], r["seed"]) for r in out}, sha)
+    out = sorted(kept + out, key=lambda r: r["row"] != "teacher")  # teacher first
+    commands = kept_commands + commands
     _deltas(out)
     table = markdown(out)
     write_results(args.name, out, commands, table, protocol=__doc__.split("\n\n")[3])
@@ -147,6 +156,7 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None)
                 "seed": seed,
                 "flagfile": flagfile,
                 "run": folder,
+                "flags_sha1": metrics.get("flags_sha1"),
                 "probe_size": r["probe_size"],
                 "side": r["side"],
                 "accuracy": r["accuracy"],

@@ -7,7 +7,8 @@ without the people of pairsDevTest and pairsDevTrain, scored after training on
 pairsDevTrain (2,200 pairs, 10 folds) at the student's size: probe-only (one model),
 cross-model (the teacher's HR gallery vs the student's LR probe) and both sides LR.
 Runs go through apps.distill; this collects each run's metrics.json into
-bench/results/lfw_val.json and .md.
+bench/results/lfw_val.json and .md, keeping the rows (and seeds) it does not rerun, as long
+as their flagfile is unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 from bench.runner import (
     ROOT,
     Row,
+    flags_sha1,
     fmt,
     mean_std,
     previous_rows,
@@ -46,6 +48,7 @@ def main(argv=None):
         p.error(f"unknown rows {unknown}; use {', '.join(known)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [Row(n, f"configs/lfw/val/{n}.cfg") for n in names]
+    sha = {row.name: flags_sha1(row.flagfile) for row in rows}
     out, commands = [], []
     runs = "saved_models/runs/lfw_val"
     for row, seed, folder, cmd in run_rows(rows, seeds, runs, os.path.join(runs, "log.txt")):
@@ -56,6 +59,7 @@ def main(argv=None):
             "seed": seed,
             "flagfile": row.flagfile,
             "run": folder,
+            "flags_sha1": sha[row.name],
             "params": m["params"],
             "train_seconds": m["train_seconds"],
             "epochs": len(m["history"]["loss"]),
@@ -70,13 +74,14 @@ def main(argv=None):
         if "feature_l2" in m["history"]:  # 2 - 2 cos on the training views, last epoch
             record["train_teacher_agreement"] = 1.0 - m["history"]["feature_l2"][-1] / 2.0
         out.append(record)
-    kept, kept_commands = previous_rows("lfw_val", set(names))
+    redone = {(r["row"], r["seed"]) for r in out}
+    kept, kept_commands = previous_rows("lfw_val", redone, sha)
     out, commands = kept + out, kept_commands + commands
     table = markdown(out)
     write_results("lfw_val", out, commands, table)
     if args.update_headers:
         for row in rows:
-            sel = [r for r in out if r["row"] == row.name]  # this run's rows only
+            sel = [r for r in out if r["row"] == row.name]  # kept seeds and this run's
             cells = ", ".join(
                 f"{k} {fmt([r[f'val_{k}'] for r in sel])}"
                 for k in ("probe", "cross", "both", "full")

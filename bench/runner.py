@@ -169,15 +169,39 @@ def fmt(values, scale=100.0, digits=2):
     return f"{m:.{digits}f} +- {s:.{digits}f}"
 
 
-def previous_rows(name, rerun):
-    """Rows and commands of bench/results/<name>.json for the rows not in `rerun` (each
-    row keeps the date it was measured), so a bench run on some rows keeps the others."""
+def previous_rows(name, rerun, flags=None):
+    """Rows and commands of bench/results/<name>.json that this bench run does not redo, so
+    a bench run on some rows or seeds keeps the others; each kept row keeps its date.
+
+    Args:
+      name: the benchmark.
+      rerun: the (row, seed) pairs this run measures; their old rows are dropped.
+      flags: {row: flags_sha1 of its flagfile now}; an old row of such a row whose recorded
+        `flags_sha1` differs was made by other flags and is dropped too (rows from before
+        the fingerprint was recorded have none and are kept).
+    """
     path = os.path.join(RESULTS, f"{name}.json")
     if not os.path.exists(path):
         return [], []
     old = read_json(path)
-    kept = [{"date": old.get("date"), **r} for r in old["rows"] if r["row"] not in rerun]
+    flags = flags or {}
+    kept = [
+        {"date": old.get("date"), **r}
+        for r in old["rows"]
+        if (r["row"], r["seed"]) not in rerun
+        and r.get("flags_sha1", flags.get(r["row"])) == flags.get(r["row"])
+    ]
     return kept, (list(old.get("commands", [])) if kept else [])
+
+
+def flags_sha1(flagfile):
+    """Fingerprint of a flagfile with its nested flagfiles inlined (comments dropped)."""
+    import hashlib
+
+    sys.path.insert(0, ROOT)
+    from apps.runner import _flatten
+
+    return hashlib.sha1("\n".join(_flatten(os.path.join(ROOT, flagfile))).encode()).hexdigest()
 
 
 def write_results(name, rows, commands, markdown, **extra):
@@ -198,15 +222,23 @@ def write_results(name, rows, commands, markdown, **extra):
 
 
 def update_header(flagfile, result):
-    """Replace the flagfile's "# result:" line with `result` (one line)."""
+    """Write `result` (one line) into the flagfile's "# result:" lines.
+
+    A flagfile may carry one result line per benchmark (recipe selection on validation
+    pairs, the final test rows): the line whose text starts with the same word as `result`
+    is replaced, as is a "not run yet" line; otherwise the line is added after the others.
+    """
     path = os.path.join(ROOT, flagfile)
     with open(path) as f:
         lines = f.read().splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("# result:"):
+    key = result.split()[0]
+    found = [i for i, line in enumerate(lines) if line.startswith("# result:")]
+    for i in found:
+        text = lines[i][len("# result:") :].split()
+        if not text or text[0] == key or text[:3] == ["not", "run", "yet"]:
             lines[i] = f"# result: {result}"
             break
     else:
-        lines.insert(1, f"# result: {result}")
+        lines.insert(found[-1] + 1 if found else 1, f"# result: {result}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -96,3 +96,40 @@ def test_every_table_row_has_a_flagfile():
         assert os.path.exists(os.path.join(ROOT, "configs", "fmnist", f"{name}.cfg")), name
     for name in lfw_devtest.ROWS:
         assert os.path.exists(os.path.join(ROOT, "configs", "lfw", f"{name}.cfg")), name
+
+
+def test_a_bench_keeps_the_seeds_it_does_not_rerun_while_their_flags_are_unchanged(
+    tmp_path, monkeypatch
+):
+    import json
+
+    from bench import runner
+
+    monkeypatch.setattr(runner, "RESULTS", str(tmp_path))
+    old = [
+        {"row": "a", "seed": 0, "flags_sha1": "x", "v": 1},
+        {"row": "a", "seed": 1, "flags_sha1": "x", "v": 2},
+        {"row": "b", "seed": 0, "v": 3},  # from before the fingerprint was recorded
+        {"row": "c", "seed": 0, "flags_sha1": "old", "v": 4},
+    ]
+    (tmp_path / "t.json").write_text(json.dumps({"date": "d", "rows": old, "commands": ["k"]}))
+    kept, commands = runner.previous_rows("t", {("a", 1)}, {"a": "x", "b": "y", "c": "new"})
+    assert [(r["row"], r["seed"]) for r in kept] == [("a", 0), ("b", 0)]
+    assert all(r["date"] == "d" for r in kept) and commands == ["k"]
+
+
+def test_update_header_replaces_only_the_result_line_of_the_same_benchmark(tmp_path, monkeypatch):
+    from bench import runner
+
+    monkeypatch.setattr(runner, "ROOT", str(tmp_path))
+    path = tmp_path / "x.cfg"
+    path.write_text("# python -m apps.distill --flagfile=x.cfg\n# result: not run yet\n--a=1\n")
+    runner.update_header("x.cfg", "pairsDevTrain 1")
+    runner.update_header("x.cfg", "LFW 2")
+    runner.update_header("x.cfg", "pairsDevTrain 3")
+    assert path.read_text().splitlines() == [
+        "# python -m apps.distill --flagfile=x.cfg",
+        "# result: pairsDevTrain 3",
+        "# result: LFW 2",
+        "--a=1",
+    ]
