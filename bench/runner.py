@@ -189,7 +189,7 @@ def previous_rows(name, rerun, flags=None):
         {"date": old.get("date"), **r}
         for r in old["rows"]
         if (r["row"], r["seed"]) not in rerun
-        and r.get("flags_sha1", flags.get(r["row"])) == flags.get(r["row"])
+        and (r["row"] not in flags or r.get("flags_sha1", flags[r["row"]]) == flags[r["row"]])
     ]
     return kept, (list(old.get("commands", [])) if kept else [])
 

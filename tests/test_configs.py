@@ -111,10 +111,11 @@ def test_a_bench_keeps_the_seeds_it_does_not_rerun_while_their_flags_are_unchang
         {"row": "a", "seed": 1, "flags_sha1": "x", "v": 2},
         {"row": "b", "seed": 0, "v": 3},  # from before the fingerprint was recorded
         {"row": "c", "seed": 0, "flags_sha1": "old", "v": 4},
+        {"row": "d", "seed": 2, "flags_sha1": "z", "v": 5},  # a row this run leaves alone
     ]
     (tmp_path / "t.json").write_text(json.dumps({"date": "d", "rows": old, "commands": ["k"]}))
     kept, commands = runner.previous_rows("t", {("a", 1)}, {"a": "x", "b": "y", "c": "new"})
-    assert [(r["row"], r["seed"]) for r in kept] == [("a", 0), ("b", 0)]
+    assert [(r["row"], r["seed"]) for r in kept] == [("a", 0), ("b", 0), ("d", 2)]
     assert all(r["date"] == "d" for r in kept) and commands == ["k"]
 
 
