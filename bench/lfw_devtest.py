@@ -102,9 +102,9 @@ def main(argv=None):
     for row, seed, folder, cmd in run_rows(rows, seeds, runs, log):
         commands.append(cmd)
         m = read_json(os.path.join(folder, "metrics.json"))
-        m["flags_sha1"] = sha[row.name]
+        model = os.path.join(folder, "student.keras")
         commands += _evaluate_model(
-            row.name, seed, os.path.join(folder, "student.keras"), folder, log, out, m, row.flagfile
+            row.name, seed, model, folder, log, out, m, row.flagfile, sha[row.name]
         )
     kept, kept_commands = previous_rows(args.name, {(r["row"], r["seed"]) for r in out}, sha)
     out = sorted(kept + out, key=lambda r: r["row"] != "teacher")  # teacher first
@@ -120,7 +120,7 @@ def main(argv=None):
                 update_header(row.flagfile, _header(sel, args.name))
 
 
-def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None):
+def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None, flags=None):
     """apps.evaluate (3 protocols) and apps.export (latency) of one model; appends rows."""
     commands = []
     ev = os.path.join(folder, "eval_devtest")
@@ -156,7 +156,7 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None)
                 "seed": seed,
                 "flagfile": flagfile,
                 "run": folder,
-                "flags_sha1": metrics.get("flags_sha1"),
+                "flags_sha1": flags,
                 "probe_size": r["probe_size"],
                 "side": r["side"],
                 "accuracy": r["accuracy"],
