@@ -7,7 +7,9 @@ Runs configs/fmnist/teacher.cfg once (apps.train_teacher), then each row's
 flagfile for every seed (apps.distill) into saved_models/runs/fmnist_7px/, and
 collects each run's top-1 on the 10,000 test images at 7x7 and its seconds and
 last CRRCD term, when it has one, from metrics.json. Writes
-bench/results/fmnist_7px.json and .md (mean +- std over seeds per row).
+bench/results/fmnist_7px.json and .md (mean +- std over seeds per row); rows and
+seeds not run this time are kept from the last results unless their flagfile
+changed since.
 """
 
 from __future__ import annotations
@@ -15,7 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from bench.runner import Row, fmt, mean_std, read_json, run_rows, update_header, write_results
+from bench.runner import (
+    Row,
+    flags_sha1,
+    fmt,
+    mean_std,
+    previous_rows,
+    read_json,
+    run_rows,
+    sorted_rows,
+    update_header,
+    write_results,
+)
 
 ROWS = [
     "baseline",
@@ -54,6 +67,7 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     runs, log = "saved_models/runs/fmnist_7px", "saved_models/runs/fmnist_7px/log.txt"
     rows = [TEACHER] + [Row(n, f"configs/fmnist/{n}.cfg") for n in names]
+    sha = {row.name: flags_sha1(row.flagfile) for row in rows}
     out, commands = [], []
     for row, seed, folder, cmd in run_rows(rows, seeds, runs, log):
         m = read_json(os.path.join(folder, "metrics.json"))
@@ -63,6 +77,7 @@ def main(argv=None):
             "seed": seed,
             "flagfile": row.flagfile,
             "run": folder,
+            "flags_sha1": sha[row.name],
             "top1": m["test"]["top1"],
             "train_seconds": m["train_seconds"],
             "params": m["params"],
@@ -70,11 +85,14 @@ def main(argv=None):
         if "crrcd" in m.get("history", {}):
             record["crrcd_term_last"] = m["history"]["crrcd"][-1]
         out.append(record)
+    kept, kept_commands = previous_rows(args.name, {(r["row"], r["seed"]) for r in out}, sha)
+    out = sorted_rows(kept + out, ["teacher", *ROWS])
+    commands = kept_commands + commands
     table = markdown(out)
     write_results(args.name, out, commands, table)
     if args.update_headers:
         for row in rows:
-            mine = [r for r in out if r["row"] == row.name]
+            mine = [r for r in out if r["row"] == row.name]  # kept seeds and this run's
             if mine:
                 seeds_run = ",".join(str(r["seed"]) for r in mine)
                 update_header(

@@ -9,6 +9,8 @@ LR-augmented data, then KD + MK-MMD from it. Each run goes through apps.distill;
 apps.evaluate then scores every student (and the teacher) at probe sizes 7, 10,
 14 and 28 (Gaussian downsample, bilinear back to 28). Also reported: the
 cached-distillation epoch over the student-only epoch (median of epochs 2-3).
+Seeds not run this time are kept from the last results unless their row's
+flagfile changed since.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import os
 
 from bench.runner import (
     Row,
+    flags_sha1,
     fmt,
     mean_std,
+    previous_rows,
     read_json,
     run_app,
     run_rows,
+    sorted_rows,
     update_header,
     write_results,
 )
@@ -45,6 +50,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs, log = "saved_models/runs/kdim_fmnist", "saved_models/runs/kdim_fmnist/log.txt"
+    sha = {row.name: flags_sha1(row.flagfile) for row in ROWS}
     out, commands = [], []
     for row, seed, folder, cmd in run_rows(ROWS, seeds, runs, log):
         commands.append(cmd)
@@ -78,11 +84,15 @@ def main(argv=None):
                 "seed": seed,
                 "flagfile": row.flagfile,
                 "run": folder,
+                "flags_sha1": sha[row.name],
                 **{f"top1_{s}": acc[s] for s in PROBES},
                 "train_seconds": m["train_seconds"],
                 "epoch_seconds": hist,
             }
         )
+    kept, kept_commands = previous_rows("kdim_fmnist", {(r["row"], r["seed"]) for r in out}, sha)
+    out = sorted_rows(kept + out, [row.name for row in ROWS])
+    commands = kept_commands + commands
     table = markdown(out)
     write_results("kdim_fmnist", out, commands, table)
     if args.update_headers:

@@ -42,6 +42,7 @@ from bench.runner import (
     read_json,
     run_app,
     run_rows,
+    sorted_rows,
     update_header,
     write_results,
 )
@@ -59,6 +60,7 @@ ROWS = [
     "horkd",
     "horkd_two_stage",
     "crrcd",
+    "feature_r18_100_mix",
     "sface_lr16",
 ]
 
@@ -107,7 +109,8 @@ def main(argv=None):
             row.name, seed, model, folder, log, out, m, row.flagfile, sha[row.name]
         )
     kept, kept_commands = previous_rows(args.name, {(r["row"], r["seed"]) for r in out}, sha)
-    out = sorted(kept + out, key=lambda r: r["row"] != "teacher")  # teacher first
+    out = kept + out
+    out = sorted_rows(out, ["teacher", *dict.fromkeys(r["row"] for r in out)])  # teacher first
     commands = kept_commands + commands
     _deltas(out)
     table = markdown(out)

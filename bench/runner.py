@@ -194,6 +194,12 @@ def previous_rows(name, rerun, flags=None):
     return kept, (list(old.get("commands", [])) if kept else [])
 
 
+def sorted_rows(rows, order):
+    """Rows sorted by their row name's place in `order` (names not in it last), then seed."""
+    place = {name: i for i, name in enumerate(order)}
+    return sorted(rows, key=lambda r: (place.get(r["row"], len(place)), r["seed"]))
+
+
 def flags_sha1(flagfile):
     """Fingerprint of a flagfile with its nested flagfiles inlined (comments dropped)."""
     import hashlib

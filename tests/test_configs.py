@@ -117,6 +117,16 @@ def test_a_bench_keeps_the_seeds_it_does_not_rerun_while_their_flags_are_unchang
     kept, commands = runner.previous_rows("t", {("a", 1)}, {"a": "x", "b": "y", "c": "new"})
     assert [(r["row"], r["seed"]) for r in kept] == [("a", 0), ("b", 0), ("d", 2)]
     assert all(r["date"] == "d" for r in kept) and commands == ["k"]
+    merged = runner.sorted_rows(
+        [*kept, {"row": "a", "seed": 1}, {"row": "e", "seed": 0}], ["d", "a"]
+    )
+    assert [(r["row"], r["seed"]) for r in merged] == [
+        ("d", 2),
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+        ("e", 0),
+    ]
 
 
 def test_update_header_replaces_only_the_result_line_of_the_same_benchmark(tmp_path, monkeypatch):
