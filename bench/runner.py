@@ -195,8 +195,11 @@ def previous_rows(name, rerun, flags=None):
 
 
 def sorted_rows(rows, order):
-    """Rows sorted by their row name's place in `order` (names not in it last), then seed."""
-    place = {name: i for i, name in enumerate(order)}
+    """Rows sorted by the first place of their row name in `order` (names not in it last),
+    then seed."""
+    place = {}
+    for i, name in enumerate(order):
+        place.setdefault(name, i)
     return sorted(rows, key=lambda r: (place.get(r["row"], len(place)), r["seed"]))
 
 

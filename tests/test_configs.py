@@ -118,7 +118,7 @@ def test_a_bench_keeps_the_seeds_it_does_not_rerun_while_their_flags_are_unchang
     assert [(r["row"], r["seed"]) for r in kept] == [("a", 0), ("b", 0), ("d", 2)]
     assert all(r["date"] == "d" for r in kept) and commands == ["k"]
     merged = runner.sorted_rows(
-        [*kept, {"row": "a", "seed": 1}, {"row": "e", "seed": 0}], ["d", "a"]
+        [*kept, {"row": "a", "seed": 1}, {"row": "e", "seed": 0}], ["d", "a", "d"]
     )
     assert [(r["row"], r["seed"]) for r in merged] == [
         ("d", 2),
