@@ -22,10 +22,9 @@ from bench.runner import (
     flags_sha1,
     fmt,
     mean_std,
-    previous_rows,
+    merge_previous,
     read_json,
     run_rows,
-    sorted_rows,
     update_header,
     write_results,
 )
@@ -85,9 +84,7 @@ def main(argv=None):
         if "crrcd" in m.get("history", {}):
             record["crrcd_term_last"] = m["history"]["crrcd"][-1]
         out.append(record)
-    kept, kept_commands = previous_rows(args.name, {(r["row"], r["seed"]) for r in out}, sha)
-    out = sorted_rows(kept + out, ["teacher", *ROWS])
-    commands = kept_commands + commands
+    out, commands = merge_previous(args.name, out, commands, sha, ["teacher", *ROWS])
     table = markdown(out)
     write_results(args.name, out, commands, table)
     if args.update_headers:

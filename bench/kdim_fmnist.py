@@ -23,11 +23,10 @@ from bench.runner import (
     flags_sha1,
     fmt,
     mean_std,
-    previous_rows,
+    merge_previous,
     read_json,
     run_app,
     run_rows,
-    sorted_rows,
     update_header,
     write_results,
 )
@@ -90,9 +89,7 @@ def main(argv=None):
                 "epoch_seconds": hist,
             }
         )
-    kept, kept_commands = previous_rows("kdim_fmnist", {(r["row"], r["seed"]) for r in out}, sha)
-    out = sorted_rows(kept + out, [row.name for row in ROWS])
-    commands = kept_commands + commands
+    out, commands = merge_previous("kdim_fmnist", out, commands, sha, [r.name for r in ROWS])
     table = markdown(out)
     write_results("kdim_fmnist", out, commands, table)
     if args.update_headers:

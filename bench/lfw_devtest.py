@@ -38,11 +38,10 @@ from bench.runner import (
     flags_sha1,
     fmt,
     mean_std,
-    previous_rows,
+    merge_previous,
     read_json,
     run_app,
     run_rows,
-    sorted_rows,
     update_header,
     write_results,
 )
@@ -108,10 +107,7 @@ def main(argv=None):
         commands += _evaluate_model(
             row.name, seed, model, folder, log, out, m, row.flagfile, sha[row.name]
         )
-    kept, kept_commands = previous_rows(args.name, {(r["row"], r["seed"]) for r in out}, sha)
-    out = kept + out
-    out = sorted_rows(out, ["teacher", *dict.fromkeys(r["row"] for r in out)])  # teacher first
-    commands = kept_commands + commands
+    out, commands = merge_previous(args.name, out, commands, sha, ["teacher"])
     _deltas(out)
     table = markdown(out)
     write_results(args.name, out, commands, table, protocol=__doc__.split("\n\n")[3])

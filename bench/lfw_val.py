@@ -23,7 +23,7 @@ from bench.runner import (
     flags_sha1,
     fmt,
     mean_std,
-    previous_rows,
+    merge_previous,
     read_json,
     run_rows,
     update_header,
@@ -74,9 +74,7 @@ def main(argv=None):
         if "feature_l2" in m["history"]:  # 2 - 2 cos on the training views, last epoch
             record["train_teacher_agreement"] = 1.0 - m["history"]["feature_l2"][-1] / 2.0
         out.append(record)
-    redone = {(r["row"], r["seed"]) for r in out}
-    kept, kept_commands = previous_rows("lfw_val", redone, sha)
-    out, commands = kept + out, kept_commands + commands
+    out, commands = merge_previous("lfw_val", out, commands, sha)
     table = markdown(out)
     write_results("lfw_val", out, commands, table)
     if args.update_headers:

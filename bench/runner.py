@@ -203,6 +203,19 @@ def sorted_rows(rows, order):
     return sorted(rows, key=lambda r: (place.get(r["row"], len(place)), r["seed"]))
 
 
+def merge_previous(name, rows, commands, flags, order=()):
+    """This run's rows and commands with those of bench/results/<name>.json it did not redo
+    (`previous_rows`: the (row, seed) pairs in `rows` are the ones redone), sorted by
+    `sorted_rows` with the names of `order` first, the others as they first appear.
+
+    Returns:
+      (rows, commands).
+    """
+    kept, kept_commands = previous_rows(name, {(r["row"], r["seed"]) for r in rows}, flags)
+    merged = kept + rows
+    return sorted_rows(merged, [*order, *(r["row"] for r in merged)]), kept_commands + commands
+
+
 def flags_sha1(flagfile):
     """Fingerprint of a flagfile with its nested flagfiles inlined (comments dropped)."""
     import hashlib

@@ -127,6 +127,15 @@ def test_a_bench_keeps_the_seeds_it_does_not_rerun_while_their_flags_are_unchang
         ("b", 0),
         ("e", 0),
     ]
+    rows, cmds = runner.merge_previous("t", [{"row": "a", "seed": 1}], ["n"], {"a": "x"}, ["d"])
+    assert [(r["row"], r["seed"]) for r in rows] == [
+        ("d", 2),
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+        ("c", 0),  # not rerun and not fingerprinted here: kept
+    ]
+    assert cmds == ["k", "n"]
 
 
 def test_update_header_replaces_only_the_result_line_of_the_same_benchmark(tmp_path, monkeypatch):
