@@ -152,18 +152,28 @@ def learning_rate_schedule(
     raise ValueError(f"unknown lr schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
+# Normalisation scales and offsets and biases are not decayed: under batch norm, shrinking
+# a scale only changes the layer's output scale, so decay there is a bias, not a regulariser.
+NO_DECAY = ("gamma", "beta", "bias")
+
+
 def make_optimizer(name, learning_rate, weight_decay=0.0, momentum=0.9):
     """Adam, AdamW or SGD (momentum); weight decay in the optimizer, not as regularizers
-    (Keras does not scale regularization losses by the replica count)."""
+    (Keras does not scale regularization losses by the replica count), and only on kernels
+    and embeddings (not on the variables named in NO_DECAY)."""
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-    if name == "sgd":
-        return keras.optimizers.SGD(
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(
             learning_rate, momentum=momentum, weight_decay=weight_decay or None
         )
-    raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return optimizer
 
 
 class NaNGuard(keras.callbacks.Callback):

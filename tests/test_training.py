@@ -40,6 +40,21 @@ def test_steps_schedule_matches_the_crrcd_recipe():
         make_optimizer("lamb", 0.1)
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_weight_decay_shrinks_kernels_but_not_norm_scales_or_biases(name):
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(2, bias_initializer="ones", name="dense")(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+    before = {v.path: np.array(v) for v in model.trainable_variables}
+    opt = make_optimizer(name, 0.1, weight_decay=0.5)
+    opt.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    for v in model.trainable_variables:  # zero gradients: only the decay moves a weight
+        if v.path.endswith("kernel"):
+            np.testing.assert_allclose(np.array(v), before[v.path] * (1 - 0.1 * 0.5), rtol=1e-6)
+        else:  # bias, gamma, beta
+            np.testing.assert_array_equal(np.array(v), before[v.path])
+
+
 def test_batch_must_divide_across_replicas(mirrored):
     check_batch_divides(8, mirrored)
     with pytest.raises(ValueError, match="batch_size 7 does not divide across 2 replicas"):
