@@ -60,6 +60,7 @@ ROWS = [
     "horkd_two_stage",
     "crrcd",
     "feature_r18_100_mix",
+    "feature_r18_100_mix_wd",
     "sface_lr16",
 ]
 
