@@ -154,7 +154,7 @@ def learning_rate_schedule(
 
 # Normalisation scales and offsets and biases are not decayed: under batch norm, shrinking
 # a scale only changes the layer's output scale, so decay there is a bias, not a regulariser.
-NO_DECAY = ("gamma", "beta", "bias")
+NO_DECAY = ("gamma", "beta", "bias", "alpha")  # alpha: PReLU slopes
 
 
 def make_optimizer(name, learning_rate, weight_decay=0.0, momentum=0.9):

@@ -41,9 +41,10 @@ def test_steps_schedule_matches_the_crrcd_recipe():
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
-def test_weight_decay_shrinks_kernels_but_not_norm_scales_or_biases(name):
+def test_weight_decay_shrinks_kernels_but_not_norm_scales_biases_or_slopes(name):
     inputs = keras.Input((3,))
     x = keras.layers.Dense(2, bias_initializer="ones", name="dense")(inputs)
+    x = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25), name="act")(x)
     model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
     before = {v.path: np.array(v) for v in model.trainable_variables}
     opt = make_optimizer(name, 0.1, weight_decay=0.5)
@@ -51,7 +52,7 @@ def test_weight_decay_shrinks_kernels_but_not_norm_scales_or_biases(name):
     for v in model.trainable_variables:  # zero gradients: only the decay moves a weight
         if v.path.endswith("kernel"):
             np.testing.assert_allclose(np.array(v), before[v.path] * (1 - 0.1 * 0.5), rtol=1e-6)
-        else:  # bias, gamma, beta
+        else:  # bias, PReLU alpha, gamma, beta
             np.testing.assert_array_equal(np.array(v), before[v.path])
 
 
