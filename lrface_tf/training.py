@@ -152,9 +152,10 @@ def learning_rate_schedule(
     raise ValueError(f"unknown lr schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
-# Normalisation scales and offsets and biases are not decayed: under batch norm, shrinking
-# a scale only changes the layer's output scale, so decay there is a bias, not a regulariser.
-NO_DECAY = ("gamma", "beta", "bias", "alpha")  # alpha: PReLU slopes
+# Normalisation scales and offsets, biases and PReLU slopes ("alpha") are not decayed:
+# under batch norm, shrinking a scale only changes the layer's output scale, and pulling a
+# slope towards 0 turns PReLU into ReLU; decay there is a bias, not a regulariser.
+NO_DECAY = ("gamma", "beta", "bias", "alpha")
 
 
 def make_optimizer(name, learning_rate, weight_decay=0.0, momentum=0.9):
