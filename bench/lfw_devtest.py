@@ -270,7 +270,7 @@ def _plot(rows, path):
         sel = cells.get(("16", "probe"), [])
         if not sel:
             continue
-        ms, colour = sel[0]["latency_ms_fp32"], f"C{i % 10}"
+        ms, colour = sel[0]["latency_ms_fp32"], plt.get_cmap("tab20")(i % 20)
         acc = mean_std([100 * r["accuracy"] for r in sel])[0]
         ax.scatter(ms, acc, color=colour, label="probe-only" if i == 0 else None)
         ax.annotate(name, (ms, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")

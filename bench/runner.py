@@ -227,14 +227,16 @@ def flags_sha1(flagfile):
 
 
 def write_results(name, rows, commands, markdown, **extra):
-    """bench/results/<name>.json (rows, commands, date, extra fields) and <name>.md."""
+    """bench/results/<name>.json (rows, commands, date, extra fields) and <name>.md; a
+    row without a date (measured by this run) gets today's."""
     sys.path.insert(0, ROOT)
     from lrface_tf.export import write_json, write_text
 
+    today = datetime.date.today().isoformat()
     record = {
         "name": name,
-        "date": datetime.date.today().isoformat(),
-        "rows": rows,
+        "date": today,
+        "rows": [{"date": today, **r} for r in rows],  # kept rows keep their own date
         "commands": sorted(set(commands)),
         **extra,
     }

@@ -136,6 +136,10 @@ def test_a_bench_keeps_the_seeds_it_does_not_rerun_while_their_flags_are_unchang
         ("c", 0),  # not rerun and not fingerprinted here: kept
     ]
     assert cmds == ["k", "n"]
+    runner.write_results("t", rows, cmds, "")
+    written = json.loads((tmp_path / "t.json").read_text())["rows"]
+    today = runner.datetime.date.today().isoformat()
+    assert [r["date"] for r in written] == ["d", "d", today, "d", "d"]
 
 
 def test_update_header_replaces_only_the_result_line_of_the_same_benchmark(tmp_path, monkeypatch):
