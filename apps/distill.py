@@ -58,6 +58,12 @@ flags.DEFINE_float(
     0.5,
     "With --teacher_input=mix: the weight of the teacher's LR reading in the blended target.",
 )
+flags.DEFINE_string(
+    "lr_teacher",
+    None,
+    "With --teacher_input=lr or mix: the model (.keras) whose reading of the LR view is the "
+    "target, e.g. the teacher fine-tuned on LR views (default: --teacher reads both).",
+)
 flags.DEFINE_bool(
     "teacher_cache",
     False,
@@ -114,6 +120,7 @@ def config():
         teacher_head_scale=FLAGS.teacher_head_scale,
         teacher_input=FLAGS.teacher_input,
         teacher_mix=FLAGS.teacher_mix,
+        lr_teacher=FLAGS.lr_teacher,
         method=FLAGS.method,
         hyperparameters=method.hyperparameters(),
         views=view_spec,

@@ -168,6 +168,9 @@ class DistillConfig:
         normalised-feature term this is the same as one term against each target,
         weighted 1 - `teacher_mix` (HR) and `teacher_mix` (LR).
       teacher_mix: with teacher_input "mix", the weight of the LR reading, in (0, 1).
+      lr_teacher: with teacher_input "lr" or "mix", the model whose reading of the LR
+        view is the target (e.g. the teacher fine-tuned on LR views), while `teacher`
+        keeps the HR reading and the class-mean head; None: `teacher` reads both.
       method: a name of `lrface_tf.methods.METHODS`.
       hyperparameters: overrides of the method's defaults (None: the default).
       views: the K fixed augmented views per image (`lrface_tf.data.views`), or
@@ -194,6 +197,7 @@ class DistillConfig:
     teacher_head_scale: float = 16.0
     teacher_input: str = "hr"
     teacher_mix: float = 0.5
+    lr_teacher: str | None = None
     method: str = "baseline"
     hyperparameters: dict = dataclasses.field(default_factory=dict)
     views: ViewSpec | None = None
@@ -233,6 +237,11 @@ class DistillConfig:
             raise ValueError(
                 f"--teacher_mix only applies to --teacher_input=mix (here {self.teacher_input}): "
                 "drop it or add --teacher_input=mix"
+            )
+        if self.lr_teacher and (self.teacher_input == "hr" or not self.teacher):
+            raise ValueError(
+                f"--lr_teacher={self.lr_teacher} only applies to a run with --teacher and "
+                "--teacher_input=lr or =mix: add them or drop --lr_teacher"
             )
         if self.teacher_input != "hr":
             from lrface_tf.data.pipeline import is_deterministic

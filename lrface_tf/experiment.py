@@ -259,11 +259,14 @@ def _distill(config, *, strategy, callbacks, log):
         elif teacher is not None and (config.teacher_cache or config.teacher_head == "class_mean"):
             cache_views = views if config.teacher_cache else ViewSpec(count=1)
             readings = {"hr": ("hr",), "lr": ("lr",), "mix": ("hr", "lr")}[config.teacher_input]
+            readers = {"hr": teacher, "lr": teacher}
+            if config.lr_teacher:
+                readers["lr"] = load_teacher(config.lr_teacher, config.data.image_size)
             caches, records = [], []
             for reading in readings:
                 one, status, path = load_or_build(
                     config.cache_dir,
-                    teacher,
+                    readers[reading],
                     data.images,
                     cache_views,
                     progress=config.train.verbose == 1,
@@ -272,7 +275,10 @@ def _distill(config, *, strategy, callbacks, log):
                 )
                 log(f"teacher cache ({cache_views.count} views, {reading} input): {status} {path}")
                 caches.append(one)
-                records.append({"status": status, "path": path, "views": one.num_views})
+                record = {"status": status, "path": path, "views": one.num_views}
+                if reading == "lr" and config.lr_teacher:
+                    record["model"] = config.lr_teacher
+                records.append(record)
             cache = caches[0] if len(caches) == 1 else blend(*caches, config.teacher_mix)
             result["teacher_cache"] = records[0] if len(records) == 1 else records
         base_teacher = teacher
@@ -402,6 +408,8 @@ def _resume_key(config, stage):
         d.pop("teacher_input", None)
     if d.get("teacher_input") != "mix":
         d.pop("teacher_mix", None)
+    if d.get("lr_teacher") is None:
+        d.pop("lr_teacher", None)
     if stage == "assistant":
         for k in ("student", "spec", "lr_augment"):
             d.pop(k, None)

@@ -78,10 +78,10 @@ def test_subsets_are_seeded_stratified_and_recorded(faces):
     assert data.report["used"] == 40
 
 
-def _tiny_teacher(path, size=16, with_logits=False, classes=PEOPLE):
+def _tiny_teacher(path, size=16, with_logits=False, classes=PEOPLE, seed=1):
     import keras
 
-    keras.utils.set_random_seed(1)
+    keras.utils.set_random_seed(seed)
     image = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(image)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -145,6 +145,35 @@ def test_teacher_input_lr_is_refused_where_it_cannot_be_cached(faces, tmp_path):
     with pytest.raises(ValueError, match="--lr_noise / --lr_erase work on in-memory data"):
         _config(faces, tmp_path, data=stream, lr_augment=LRAugment(noise=0.1))
     _config(faces, tmp_path, data=stream, lr_augment=LRAugment())  # nothing on: nothing refused
+
+
+def test_a_second_model_reads_the_lr_views_of_a_blended_target(faces, tmp_path):
+    from lrface_tf.data.teacher_cache import load_or_build
+    from lrface_tf.experiment import distill, load_teacher
+
+    hr_reader = _tiny_teacher(tmp_path / "t.keras")
+    lr_reader = _tiny_teacher(tmp_path / "t_lr.keras", seed=2)
+    kw = dict(teacher=hr_reader, method="feature", teacher_cache=True)
+    with pytest.raises(ValueError, match="--lr_teacher=.* only applies to a run with --teacher"):
+        _config(faces, tmp_path, lr_teacher=lr_reader, **kw)
+    views = ViewSpec(count=2, shift=0.05)
+    cfg = _config(faces, tmp_path, teacher_input="mix", lr_teacher=lr_reader, views=views, **kw)
+    result = distill(cfg, log=lambda s: None)
+    hr, lr = result["teacher_cache"]
+    assert lr["model"] == lr_reader and "model" not in hr
+    assert cfg.to_dict()["lr_teacher"] == lr_reader
+    # The run built the second model's LR cache and the teacher's HR one, not the
+    # teacher's LR one.
+    data = load_training_data(cfg.data)
+    for path, lr_input, status in ((lr_reader, cfg.spec, "loaded"), (hr_reader, None, "loaded")):
+        _, got, _ = load_or_build(
+            cfg.cache_dir, load_teacher(path), data.images, views, lr_input=lr_input
+        )
+        assert got == status
+    _, got, _ = load_or_build(
+        cfg.cache_dir, load_teacher(hr_reader), data.images, views, lr_input=cfg.spec
+    )
+    assert got == "built"
 
 
 def test_embedding_only_teacher_with_class_mean_head_views_and_cache(faces, tmp_path):
