@@ -75,6 +75,11 @@ def embedding_network(model):
     return model
 
 
+def _embedding_size(model):
+    out = model.output
+    return int((out["embedding"] if isinstance(out, dict) else out).shape[-1])
+
+
 def clone_network(model, name):
     """A trainable copy of `model` with the same weights (every layer unfrozen).
 
@@ -262,6 +267,13 @@ def _distill(config, *, strategy, callbacks, log):
             readers = {"hr": teacher, "lr": teacher}
             if config.lr_teacher:
                 readers["lr"] = load_teacher(config.lr_teacher, config.data.image_size)
+                sizes = [_embedding_size(m) for m in (teacher, readers["lr"])]
+                if sizes[0] != sizes[1]:
+                    raise ValueError(
+                        f"--lr_teacher={config.lr_teacher} embeds in {sizes[1]} dimensions but "
+                        f"--teacher={config.teacher} in {sizes[0]}: both readings must share one "
+                        "embedding space (use a fine-tune of the teacher)"
+                    )
             caches, records = [], []
             for reading in readings:
                 one, status, path = load_or_build(

@@ -78,14 +78,14 @@ def test_subsets_are_seeded_stratified_and_recorded(faces):
     assert data.report["used"] == 40
 
 
-def _tiny_teacher(path, size=16, with_logits=False, classes=PEOPLE, seed=1):
+def _tiny_teacher(path, size=16, with_logits=False, classes=PEOPLE, seed=1, dim=12):
     import keras
 
     keras.utils.set_random_seed(seed)
     image = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(image)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    out = {"embedding": keras.layers.Dense(12, name="embedding")(x)}
+    out = {"embedding": keras.layers.Dense(dim, name="embedding")(x)}
     if with_logits:
         out["logits"] = keras.layers.Dense(classes, name="logits")(out["embedding"])
     keras.Model(image, out).save(path)
@@ -174,6 +174,12 @@ def test_a_second_model_reads_the_lr_views_of_a_blended_target(faces, tmp_path):
         cfg.cache_dir, load_teacher(hr_reader), data.images, views, lr_input=cfg.spec
     )
     assert got == "built"
+    # A reader in another embedding space is refused before any cache is built.
+    wide = _tiny_teacher(tmp_path / "t_wide.keras", seed=3, dim=16)
+    other = dataclasses.replace(cfg, lr_teacher=wide, cache_dir=str(tmp_path / "cache2"))
+    with pytest.raises(ValueError, match="embeds in 16 dimensions but --teacher=.* in 12"):
+        distill(other, log=lambda s: None)
+    assert not os.path.exists(tmp_path / "cache2")
 
 
 def test_embedding_only_teacher_with_class_mean_head_views_and_cache(faces, tmp_path):
