@@ -91,6 +91,12 @@ flags.DEFINE_string("val_image_root", None, "Image root of --val_pairs.")
 flags.DEFINE_integer(
     "val_probe_size", 0, "Probe size --val_pairs are scored at (0: the LR size, if only one)."
 )
+flags.DEFINE_string(
+    "val_gallery",
+    None,
+    "The model (.keras) that embeds the HR gallery of --val_pairs' cross-model protocol "
+    "(default: --teacher).",
+)
 
 GROUPS = (data, devices, method, network, output, resolution, training, views)
 
@@ -136,6 +142,7 @@ def config():
         val_pairs=FLAGS.val_pairs,
         val_image_root=FLAGS.val_image_root,
         val_probe_size=FLAGS.val_probe_size or None,
+        val_gallery=FLAGS.val_gallery,
     )
 
 

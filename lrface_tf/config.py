@@ -187,6 +187,9 @@ class DistillConfig:
       val_pairs, val_image_root: optional verification pairs scored after
         training (validation; never the test pairs) at `val_probe_size` (default:
         the LR size, which must then be one size).
+      val_gallery: the model that embeds the HR gallery of the validation's
+        cross-model protocol (default: `teacher`). Recipes that change `teacher` (a
+        fine-tuned supervisor) keep one gallery, and so one comparable column.
     """
 
     data: DataConfig
@@ -212,6 +215,7 @@ class DistillConfig:
     val_pairs: str | None = None
     val_image_root: str | None = None
     val_probe_size: int | None = None
+    val_gallery: str | None = None
 
     def __post_init__(self):
         from lrface_tf.methods import check_hyperparameters, get_method
@@ -316,6 +320,11 @@ class DistillConfig:
             )
         if (self.val_pairs is None) != (self.val_image_root is None):
             raise ValueError("pass --val_pairs and --val_image_root together")
+        if self.val_gallery is not None and self.val_pairs is None:
+            raise ValueError(
+                f"--val_gallery={self.val_gallery} only applies to validation pairs: "
+                "pass --val_pairs and --val_image_root too"
+            )
         if self.val_pairs is not None:
             from lrface_tf.data.datasets import lfw_pairs
 

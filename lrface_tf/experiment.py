@@ -256,6 +256,7 @@ def _distill(config, *, strategy, callbacks, log):
         teacher = None
         if config.teacher:
             teacher = load_teacher(config.teacher, config.data.image_size)
+        gallery = _val_gallery(config, teacher)  # a bad one stops here, not after training
         cache = None
         if not distils:
             pass
@@ -377,7 +378,11 @@ def _distill(config, *, strategy, callbacks, log):
     )
     # Saved before the evaluation: a failure there must not lose the trained student.
     save_keras(student, os.path.join(out, "student.keras"))
-    result.update(evaluate_student(student, data, config, base_teacher))
+    result.update(
+        evaluate_student(student, data, config, gallery if gallery is not None else base_teacher)
+    )
+    if gallery is not None:
+        result["val"]["gallery"] = config.val_gallery
     for line in _summary(result, config):
         log(line)
     return result
@@ -409,8 +414,9 @@ def _resume_key(config, stage):
     where outputs go, nor the evaluation). The assistant's stage does not depend on
     the student's settings."""
     d = config.to_dict()
-    for k in ("output_dir", "val_pairs", "val_image_root", "val_probe_size", "cache_dir"):
+    for k in ("output_dir", "val_pairs", "val_image_root", "val_probe_size", "val_gallery"):
         d.pop(k, None)
+    d.pop("cache_dir", None)
     d["train"] = _train_key(config.train)
     # Options at their defaults leave the key as it was before they existed, so backups
     # written then still resume.
@@ -605,6 +611,25 @@ def test_accuracy(model, test, spec):
         upsample_kernel=spec.upsample_kernel,
     )
     return classification_accuracy(model, single_view_dataset(*test, spec=plain, batch_size=500))
+
+
+def _val_gallery(config, teacher):
+    """The `--val_gallery` model, checked against the student's embedding size (None
+    without one: the teacher embeds the gallery)."""
+    if config.val_gallery is None:
+        return None
+    gallery = load_teacher(config.val_gallery, config.data.image_size)
+    if config.student.backbone == "teacher":
+        size, of = _embedding_size(teacher), f"--teacher={config.teacher}"
+    else:
+        size, of = config.student.embedding_dim, "the student"
+    if _embedding_size(gallery) != size:
+        raise ValueError(
+            f"--val_gallery={config.val_gallery} embeds in {_embedding_size(gallery)} "
+            f"dimensions but {of} in {size}: the cross-model protocol compares the two "
+            "(use a model of the student's embedding space)"
+        )
+    return gallery
 
 
 def evaluate_student(student, data, config, teacher=None):

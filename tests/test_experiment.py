@@ -148,8 +148,11 @@ def test_teacher_input_lr_is_refused_where_it_cannot_be_cached(faces, tmp_path):
 
 
 def test_a_second_model_reads_the_lr_views_of_a_blended_target(faces, tmp_path):
+    import keras
+
     from lrface_tf.data.teacher_cache import load_or_build
-    from lrface_tf.experiment import distill, load_teacher
+    from lrface_tf.eval.pairs import evaluate_pairs, load_pair_images
+    from lrface_tf.experiment import distill, embedding_network, load_teacher
 
     hr_reader = _tiny_teacher(tmp_path / "t.keras")
     lr_reader = _tiny_teacher(tmp_path / "t_lr.keras", seed=2)
@@ -157,11 +160,41 @@ def test_a_second_model_reads_the_lr_views_of_a_blended_target(faces, tmp_path):
     with pytest.raises(ValueError, match="--lr_teacher=.* only applies to a run with --teacher"):
         _config(faces, tmp_path, lr_teacher=lr_reader, **kw)
     views = ViewSpec(count=2, shift=0.05)
-    cfg = _config(faces, tmp_path, teacher_input="mix", lr_teacher=lr_reader, views=views, **kw)
+    val = dict(val_pairs=faces["pairs"], val_image_root=faces["root"])
+    with pytest.raises(ValueError, match="--val_gallery=.* only applies to validation pairs"):
+        _config(faces, tmp_path, val_gallery=lr_reader, **kw)
+    cfg = _config(
+        faces,
+        tmp_path,
+        teacher_input="mix",
+        lr_teacher=lr_reader,
+        views=views,
+        val_gallery=lr_reader,
+        **val,
+        **kw,
+    )
     result = distill(cfg, log=lambda s: None)
     hr, lr = result["teacher_cache"]
     assert lr["model"] == lr_reader and "model" not in hr
     assert cfg.to_dict()["lr_teacher"] == lr_reader
+    # --val_gallery embeds the cross-model protocol's HR gallery in place of the teacher.
+    assert result["val"]["gallery"] == lr_reader
+    (cross,) = [r for r in result["val"]["rows"] if r["side"] == "cross"]
+    student = embedding_network(keras.models.load_model(tmp_path / "run" / "student.keras"))
+    pairs = load_pair_images(faces["pairs"], faces["root"], cfg.data.image_size)
+    by = {
+        path: evaluate_pairs(
+            student,
+            pairs,
+            8,
+            "cross",
+            cfg.spec.kernel,
+            cfg.spec.upsample_kernel,
+            gallery_model=embedding_network(load_teacher(path)),
+        )["auc"]
+        for path in (lr_reader, hr_reader)
+    }
+    assert by[lr_reader] == pytest.approx(cross["auc"]) and by[hr_reader] != by[lr_reader]
     # The run built the second model's LR cache and the teacher's HR one, not the
     # teacher's LR one.
     data = load_training_data(cfg.data)
@@ -178,6 +211,10 @@ def test_a_second_model_reads_the_lr_views_of_a_blended_target(faces, tmp_path):
     wide = _tiny_teacher(tmp_path / "t_wide.keras", seed=3, dim=16)
     other = dataclasses.replace(cfg, lr_teacher=wide, cache_dir=str(tmp_path / "cache2"))
     with pytest.raises(ValueError, match="embeds in 16 dimensions but --teacher=.* in 12"):
+        distill(other, log=lambda s: None)
+    # So is a validation gallery in another space than the student's.
+    other = dataclasses.replace(cfg, val_gallery=wide, cache_dir=str(tmp_path / "cache2"))
+    with pytest.raises(ValueError, match="--val_gallery=.* 16 dimensions but the student in 12"):
         distill(other, log=lambda s: None)
     assert not os.path.exists(tmp_path / "cache2")
 
