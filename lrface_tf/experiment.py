@@ -80,6 +80,13 @@ def _embedding_size(model):
     return int((out["embedding"] if isinstance(out, dict) else out).shape[-1])
 
 
+def _check_embedding_space(flag, path, model, size, of, why):
+    """One-line refusal of a model (`--flag=path`) whose embedding size is not `size`."""
+    got = _embedding_size(model)
+    if got != size:
+        raise ValueError(f"--{flag}={path} embeds in {got} dimensions but {of} in {size}: {why}")
+
+
 def clone_network(model, name):
     """A trainable copy of `model` with the same weights (every layer unfrozen).
 
@@ -268,13 +275,14 @@ def _distill(config, *, strategy, callbacks, log):
             readers = {"hr": teacher, "lr": teacher}
             if config.lr_teacher:
                 readers["lr"] = load_teacher(config.lr_teacher, config.data.image_size)
-                sizes = [_embedding_size(m) for m in (teacher, readers["lr"])]
-                if sizes[0] != sizes[1]:
-                    raise ValueError(
-                        f"--lr_teacher={config.lr_teacher} embeds in {sizes[1]} dimensions but "
-                        f"--teacher={config.teacher} in {sizes[0]}: both readings must share one "
-                        "embedding space (use a fine-tune of the teacher)"
-                    )
+                _check_embedding_space(
+                    "lr_teacher",
+                    config.lr_teacher,
+                    readers["lr"],
+                    _embedding_size(teacher),
+                    f"--teacher={config.teacher}",
+                    "both readings must share one embedding space (use a fine-tune of the teacher)",
+                )
             caches, records = [], []
             for reading in readings:
                 one, status, path = load_or_build(
@@ -414,9 +422,15 @@ def _resume_key(config, stage):
     where outputs go, nor the evaluation). The assistant's stage does not depend on
     the student's settings."""
     d = config.to_dict()
-    for k in ("output_dir", "val_pairs", "val_image_root", "val_probe_size", "val_gallery"):
+    for k in (
+        "output_dir",
+        "val_pairs",
+        "val_image_root",
+        "val_probe_size",
+        "val_gallery",
+        "cache_dir",
+    ):
         d.pop(k, None)
-    d.pop("cache_dir", None)
     d["train"] = _train_key(config.train)
     # Options at their defaults leave the key as it was before they existed, so backups
     # written then still resume.
@@ -623,12 +637,14 @@ def _val_gallery(config, teacher):
         size, of = _embedding_size(teacher), f"--teacher={config.teacher}"
     else:
         size, of = config.student.embedding_dim, "the student"
-    if _embedding_size(gallery) != size:
-        raise ValueError(
-            f"--val_gallery={config.val_gallery} embeds in {_embedding_size(gallery)} "
-            f"dimensions but {of} in {size}: the cross-model protocol compares the two "
-            "(use a model of the student's embedding space)"
-        )
+    _check_embedding_space(
+        "val_gallery",
+        config.val_gallery,
+        gallery,
+        size,
+        of,
+        "the cross-model protocol compares the two (use a model of the student's embedding space)",
+    )
     return gallery
 
 
