@@ -1,5 +1,8 @@
 """Export a trained student: SavedModel and TFLite (float32 / dynamic-range / int8), with parity.
 
+(int8_float_head: int8 up to the global pooling, the embedding head in float; see
+`lrface_tf.export.head_ops` for when full int8 loses the embedding.)
+
     python -m apps.export --model=saved_models/fmnist/kd/student.keras \
         --output_dir=saved_models/fmnist_kd_export
     python -m apps.export --model=saved_models/lfw/best/student.keras \
@@ -30,7 +33,11 @@ from apps.flag_groups import data, output, resolution
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model", None, "Student model (.keras) to export.")
-flags.DEFINE_list("quantizations", ["float32", "dynamic_range", "int8"], "TFLite variants.")
+flags.DEFINE_list(
+    "quantizations",
+    ["float32", "dynamic_range", "int8", "int8_float_head"],
+    "TFLite variants.",
+)
 flags.DEFINE_integer("parity_images", 500, "Real images for the parity check (>= 1).")
 flags.DEFINE_integer("representative_images", 200, "Images for int8 calibration (>= 1).")
 flags.DEFINE_float(
@@ -110,7 +117,7 @@ def main(argv):
     with atomic_path(out) as tmp:
         sm = export_savedmodel(model, os.path.join(tmp, "saved_model"))
         report = {"model": FLAGS.model, "input_size": size, "tflite": {}}
-        if "int8" in FLAGS.quantizations:
+        if any(q.startswith("int8") for q in FLAGS.quantizations):
             reps, report["calibration"] = calibration_images(model, reps, FLAGS.calibration_trim)
             print(f"int8 calibration: {report['calibration']}")
         for q in FLAGS.quantizations:

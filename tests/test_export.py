@@ -124,3 +124,35 @@ def test_int8_calibration_leaves_out_extreme_embeddings(tmp_path):
     assert cos[0.05] > 0.999 and cos[0] < cos[0.05] - 0.005, cos
     with pytest.raises(ValueError, match="trim"):
         calibration_images(m, sample, trim=1.0)
+
+
+def test_int8_float_head_keeps_a_dead_channel_from_moving_every_embedding(tmp_path):
+    """A BatchNormalization between global pooling and the Dense head, with one dead
+    channel (variance 0, so a factor of 1/sqrt(epsilon)): full int8 gives every feature
+    one scale and the others a few levels, and the embeddings move far from Keras's;
+    `int8_float_head` keeps the body int8 and runs the head in float, and agrees."""
+    keras.utils.set_random_seed(0)
+    x, _ = digits()
+    x = x.astype(np.float32) / 255.0
+    conv = keras.layers.Conv2D(8, 3, activation="relu")
+    bn = keras.layers.BatchNormalization(epsilon=1e-5)
+    pool = keras.layers.GlobalAveragePooling2D()
+    m = keras.Sequential([keras.Input((8, 8, 1)), conv, pool, bn, keras.layers.Dense(16)])
+    kernel, bias = conv.get_weights()
+    kernel[..., 0], bias[0] = 0.0, -0.1  # channel 0 never fires
+    conv.set_weights([kernel, bias])
+    feats = pool(conv(x)).numpy()
+    gamma, beta, _, _ = bn.get_weights()
+    bn.set_weights([gamma, beta, feats.mean(0), feats.var(0)])
+    cos = {}
+    for q in ("int8", "int8_float_head"):
+        path = convert_tflite(m, str(tmp_path / f"{q}.tflite"), q, x[:200])
+        (r,) = parity_report(m, TFLiteModel(path), x[200:700]).values()
+        cos[q] = r["p05_cosine"]
+    assert cos["int8"] < 0.5 and cos["int8_float_head"] > 0.99, cos
+    interpreter = TFLiteModel(str(tmp_path / "int8_float_head.tflite")).interpreter
+    tensors = interpreter.get_tensor_details()
+    out = {
+        op["op_name"]: tensors[op["outputs"][0]]["dtype"] for op in interpreter._get_ops_details()
+    }
+    assert out["CONV_2D"] == np.int8 and out["FULLY_CONNECTED"] == np.float32, out

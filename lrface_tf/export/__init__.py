@@ -7,6 +7,7 @@ from lrface_tf.export.tflite import (
     TFLiteModel,
     calibration_images,
     convert_tflite,
+    head_ops,
     latency_ms,
     parity_report,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "calibration_images",
     "convert_tflite",
     "export_savedmodel",
+    "head_ops",
     "latency_ms",
     "parity_report",
     "save_keras",
