@@ -68,14 +68,18 @@ def run_app(app, args, log_path, env=None):
 def export_face_model(model, folder, log_path, latency_calls=300, quantizations=None):
     """apps.export of a 16x16 face model into `folder/export` on the aligned LFW crops
     (200 parity images, 200 int8 calibration images, `latency_calls` one-thread LiteRT
-    calls), unless that folder already has its parity.json.
+    calls), unless that folder already has a parity.json with every asked quantisation.
 
     Returns:
       (the export's parity["tflite"] dict, [the command run] or []).
     """
     ex = os.path.join(folder, "export")
+    parity = os.path.join(ROOT, ex, "parity.json")
     commands = []
-    if not os.path.exists(os.path.join(ROOT, ex, "parity.json")):
+    done = os.path.exists(parity) and (
+        not quantizations or set(quantizations.split(",")) <= set(read_json(parity)["tflite"])
+    )
+    if not done:
         args = [f"--model={model}"]
         if quantizations:
             args.append(f"--quantizations={quantizations}")
