@@ -46,6 +46,15 @@ def test_gdc_head_reads_where_features_fire(pooling, invariant):
         assert head.count_params() - avg.count_params() == 4 * 4 * 8
 
 
+def test_wide_last_stage_fits_the_compact_budget():
+    # Issue 17's compact budget is 966,707 parameters (1/10 of SFace); resnet18 x0.25 has
+    # 720,112 and x0.29 959,398; the wide-last-stage form puts the extra in stage 4.
+    m = build_backbone("resnet18_wide4", (16, 16, 3), width_multiplier=0.25, embedding_dim=128)
+    assert m.count_params() == 850_288
+    assert [m.get_layer(f"stage{i}").output.shape[-1] for i in (1, 2, 3, 4)] == [16, 32, 64, 144]
+    assert m.get_layer("stage4").output.shape[1:3] == (4, 4)  # no stride below 8x8
+
+
 def test_gdc_backbones_are_registered():
     plain = build_backbone("resnet18", (16, 16, 3), width_multiplier=0.25, embedding_dim=128)
     gdc = build_backbone("resnet18_gdc", (16, 16, 3), width_multiplier=0.25, embedding_dim=128)
