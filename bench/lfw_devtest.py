@@ -51,7 +51,8 @@ TEACHER = "saved_models/sface/teacher.keras"
 PAIRS = "../shared/data/lfw/pairsDevTest.txt"
 ALIGNED = "saved_models/lfw_aligned"
 SIZES = ("8", "12", "16", "20", "24", "32", "full")
-QUANTIZATIONS = "float32,int8,int8_float_head"
+INT8_FORMS = ("int8", "int8_float_head")  # each one's mean cosine to Keras is recorded
+QUANTIZATIONS = ",".join(("float32", *INT8_FORMS))
 ROWS = [
     "student_lr",
     "feature",
@@ -176,7 +177,7 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None,
                 "latency_ms_int8": parity["int8"]["latency_ms"],
                 **{
                     f"{q}_cosine": parity[q]["embedding"]["mean_cosine"]
-                    for q in ("int8", "int8_float_head")
+                    for q in INT8_FORMS
                     if q in parity
                 },
                 "train_seconds": metrics.get("train_seconds", 0.0)
@@ -257,12 +258,12 @@ def markdown(rows):
         probe = " / ".join(_acc(c, s, "probe").split(" +-")[0] for s in ("8", "12", "16", "20"))
         both = " / ".join(_acc(c, s, "both").split(" +-")[0] for s in ("8", "12", "16", "20"))
         seeds = len(c.get(("16", "probe"), []))
-        secs = mean_std([r["train_seconds"] for r in c[("16", "probe")]])[0]
+        sel = c[("16", "probe")]
+        secs = mean_std([r["train_seconds"] for r in sel])[0]
         flagfile = f"`{any_r['flagfile']}`" if any_r["flagfile"] else "(SFace, evaluated only)"
-        sel = c[("16", "probe")]  # rows exported before the cosine was recorded lack it
-        cosine = " / ".join(
+        cosine = " / ".join(  # rows exported before the cosine was recorded lack it
             f"{mean_std([r[k] for r in sel])[0]:.3f}" if all(k in r for r in sel) else "-"
-            for k in ("int8_cosine", "int8_float_head_cosine")
+            for k in (f"{q}_cosine" for q in INT8_FORMS)
         )
         lines.append(
             f"| {name} | {flagfile} | {seeds} | {probe} | {_acc(c, '16', 'cross')} | {both} | "
