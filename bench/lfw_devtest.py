@@ -83,6 +83,13 @@ def main(argv=None):
     )
     p.add_argument("--update_headers", action="store_true")
     args = p.parse_args(argv)
+    missing = [
+        n
+        for n in args.rows.split(",")
+        if n != "teacher" and not os.path.exists(os.path.join(ROOT, args.configs, f"{n}.cfg"))
+    ]
+    if missing:
+        p.error(f"no flagfile for rows {missing} in {args.configs}; name files there without .cfg")
     for path in (ALIGNED, TEACHER):
         if not os.path.exists(os.path.join(ROOT, path)):
             p.error(f"{path} does not exist (see --help for the command that makes it)")

@@ -98,6 +98,16 @@ def test_every_table_row_has_a_flagfile():
         assert os.path.exists(os.path.join(ROOT, "configs", "lfw", f"{name}.cfg")), name
 
 
+def test_lfw_devtest_names_a_row_without_a_flagfile_in_one_line(capsys):
+    from bench import lfw_devtest
+
+    with pytest.raises(SystemExit) as stop:
+        lfw_devtest.main(["--rows=teacher,sface_lr,no_such_row", "--configs=configs/lfw/val"])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no_such_row" in last and "sface_lr" not in last and "configs/lfw/val" in last
+
+
 def test_a_bench_keeps_the_seeds_it_does_not_rerun_while_their_flags_are_unchanged(
     tmp_path, monkeypatch
 ):
