@@ -83,9 +83,10 @@ def main(argv=None):
     )
     p.add_argument("--update_headers", action="store_true")
     args = p.parse_args(argv)
+    names = args.rows.split(",")
     missing = [
         n
-        for n in args.rows.split(",")
+        for n in names
         if n != "teacher" and not os.path.exists(os.path.join(ROOT, args.configs, f"{n}.cfg"))
     ]
     if missing:
@@ -94,7 +95,6 @@ def main(argv=None):
         if not os.path.exists(os.path.join(ROOT, path)):
             p.error(f"{path} does not exist (see --help for the command that makes it)")
     seeds = [int(s) for s in args.seeds.split(",")]
-    names = args.rows.split(",")
     own = f"saved_models/runs/{args.name}"  # the log and the teacher's evaluation
     runs = args.runs or own
     log = os.path.join(own, "log.txt")
