@@ -65,6 +65,8 @@ ROWS = [
     "feature_r18_100_mix",
     "feature_r18_100_mix_wd",
     "sface_lr16",
+    "sface_lr",  # before the row whose --lr_teacher it is
+    "feature_r18_100_sfacemix_wd40",
 ]
 
 
