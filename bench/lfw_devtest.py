@@ -86,11 +86,8 @@ def main(argv=None):
     p.add_argument("--update_headers", action="store_true")
     args = p.parse_args(argv)
     names = args.rows.split(",")
-    missing = [
-        n
-        for n in names
-        if n != "teacher" and not os.path.exists(os.path.join(ROOT, args.configs, f"{n}.cfg"))
-    ]
+    rows = [Row(n, f"{args.configs}/{n}.cfg") for n in names if n != "teacher"]
+    missing = [r.name for r in rows if not os.path.exists(os.path.join(ROOT, r.flagfile))]
     if missing:
         p.error(f"no flagfile for rows {missing} in {args.configs}; name files there without .cfg")
     for path in (ALIGNED, TEACHER):
@@ -111,7 +108,6 @@ def main(argv=None):
             out,
             {"params": None, "train_seconds": 0.0},
         )
-    rows = [Row(n, f"{args.configs}/{n}.cfg") for n in names if n != "teacher"]
     sha = {row.name: flags_sha1(row.flagfile) for row in rows}
     for row, seed, folder, cmd in run_rows(rows, seeds, runs, log):
         commands.append(cmd)
