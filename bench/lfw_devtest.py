@@ -66,6 +66,7 @@ ROWS = [
     "feature_r18_100_mix_wd",
     "sface_lr16",
     "sface_lr",  # before the row whose --lr_teacher it is
+    "sface_lr_3ep",
     "feature_r18_100_sfacemix_wd40",
 ]
 
