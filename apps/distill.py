@@ -58,6 +58,12 @@ flags.DEFINE_float(
     0.5,
     "With --teacher_input=mix: the weight of the teacher's LR reading in the blended target.",
 )
+flags.DEFINE_float(
+    "teacher_view_mean",
+    0.0,
+    "Weight in [0, 1] of the mean over an image's cached views in every view's target "
+    "(0: each view's own teacher output; 1: one view-averaged target per image).",
+)
 flags.DEFINE_string(
     "lr_teacher",
     None,
@@ -126,6 +132,7 @@ def config():
         teacher_head_scale=FLAGS.teacher_head_scale,
         teacher_input=FLAGS.teacher_input,
         teacher_mix=FLAGS.teacher_mix,
+        teacher_view_mean=FLAGS.teacher_view_mean,
         lr_teacher=FLAGS.lr_teacher,
         method=FLAGS.method,
         hyperparameters=method.hyperparameters(),

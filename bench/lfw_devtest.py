@@ -67,6 +67,8 @@ ROWS = [
     "sface_lr16",
     "sface_lr",  # before the row whose --lr_teacher it is
     "sface_lr_3ep",
+    "sface_lr_vmean",
+    "sface_lr_3ep_vmean",
     "feature_r18_100_sfacemix_wd40",
 ]
 

@@ -168,6 +168,10 @@ class DistillConfig:
         normalised-feature term this is the same as one term against each target,
         weighted 1 - `teacher_mix` (HR) and `teacher_mix` (LR).
       teacher_mix: with teacher_input "mix", the weight of the LR reading, in (0, 1).
+      teacher_view_mean: in [0, 1], the weight of the image's mean over its cached
+        views in every view's target (`lrface_tf.data.teacher_cache.view_mean`): 0
+        keeps each view's own teacher output, 1 gives all views of an image the
+        view-averaged one. Needs a teacher cache of 2+ views.
       lr_teacher: with teacher_input "lr" or "mix", the model whose reading of the LR
         view is the target (e.g. the teacher fine-tuned on LR views), while `teacher`
         keeps the HR reading and the class-mean head; None: `teacher` reads both.
@@ -200,6 +204,7 @@ class DistillConfig:
     teacher_head_scale: float = 16.0
     teacher_input: str = "hr"
     teacher_mix: float = 0.5
+    teacher_view_mean: float = 0.0
     lr_teacher: str | None = None
     method: str = "baseline"
     hyperparameters: dict = dataclasses.field(default_factory=dict)
@@ -242,6 +247,18 @@ class DistillConfig:
                 f"--teacher_mix only applies to --teacher_input=mix (here {self.teacher_input}): "
                 "drop it or add --teacher_input=mix"
             )
+        if not 0.0 <= self.teacher_view_mean <= 1.0:
+            raise ValueError(
+                f"--teacher_view_mean={self.teacher_view_mean} is outside [0, 1]: it is the "
+                "weight of the view-averaged target"
+            )
+        if self.teacher_view_mean > 0:
+            views = self.effective_views
+            if not self.teacher_cache or views is None or views.count < 2:
+                raise ValueError(
+                    f"--teacher_view_mean={self.teacher_view_mean} averages the cached teacher "
+                    "outputs of an image's views: add --teacher_cache and --views=2 or more"
+                )
         if self.lr_teacher and (self.teacher_input == "hr" or not self.teacher):
             raise ValueError(
                 f"--lr_teacher={self.lr_teacher} only applies to a run with --teacher and "
@@ -267,6 +284,7 @@ class DistillConfig:
                 for flag, used in (
                     (f"--teacher_input={self.teacher_input}", self.teacher_input != "hr"),
                     ("--lr_noise / --lr_erase", bool(self.lr_augment and self.lr_augment.active)),
+                    ("--teacher_view_mean", self.teacher_view_mean > 0),
                 )
                 if used
             ]

@@ -229,7 +229,7 @@ def _distill(config, *, strategy, callbacks, log):
     import tensorflow as tf
 
     from lrface_tf.data.sources import load_training_data
-    from lrface_tf.data.teacher_cache import blend, load_or_build
+    from lrface_tf.data.teacher_cache import blend, load_or_build, view_mean
     from lrface_tf.data.views import ViewSpec
     from lrface_tf.export import save_keras
     from lrface_tf.methods import get_method, method_terms, used_hyperparameters
@@ -301,6 +301,10 @@ def _distill(config, *, strategy, callbacks, log):
                     record["model"] = config.lr_teacher
                 records.append(record)
             cache = caches[0] if len(caches) == 1 else blend(*caches, config.teacher_mix)
+            if config.teacher_view_mean:
+                cache = view_mean(cache, config.teacher_view_mean)
+                for record in records:
+                    record["view_mean"] = config.teacher_view_mean
             result["teacher_cache"] = records[0] if len(records) == 1 else records
         base_teacher = teacher
         if config.teacher_head == "class_mean" and distils:
@@ -442,6 +446,8 @@ def _resume_key(config, stage):
         d.pop("teacher_mix", None)
     if d.get("lr_teacher") is None:
         d.pop("lr_teacher", None)
+    if not d.get("teacher_view_mean"):
+        d.pop("teacher_view_mean", None)
     if stage == "assistant":
         for k in ("student", "spec", "lr_augment"):
             d.pop(k, None)

@@ -147,6 +147,26 @@ def test_teacher_input_lr_is_refused_where_it_cannot_be_cached(faces, tmp_path):
     _config(faces, tmp_path, data=stream, lr_augment=LRAugment())  # nothing on: nothing refused
 
 
+def test_a_view_mean_target_needs_cached_views_and_is_in_the_resume_key(faces, tmp_path):
+    from lrface_tf.experiment import _resume_key
+
+    kw = dict(teacher="t.keras", method="feature")
+    with pytest.raises(ValueError, match="--teacher_view_mean=0.5 averages the cached teacher"):
+        _config(faces, tmp_path, teacher_view_mean=0.5, **kw)
+    with pytest.raises(ValueError, match="--teacher_view_mean=0.5 averages the cached teacher"):
+        _config(faces, tmp_path, teacher_cache=True, teacher_view_mean=0.5, **kw)  # one view
+    with pytest.raises(ValueError, match=r"--teacher_view_mean=-0.1 is outside \[0, 1\]"):
+        _config(faces, tmp_path, teacher_view_mean=-0.1, **kw)
+    views = dict(kw, teacher_cache=True, views=ViewSpec(count=2))
+    plain = _config(faces, tmp_path, **views)
+    mean = _config(faces, tmp_path, teacher_view_mean=0.5, **views)
+    assert "teacher_view_mean" not in _resume_key(plain, "student")  # older backups resume
+    assert _resume_key(mean, "student")["teacher_view_mean"] == 0.5
+    stream = DataConfig("tfds", ("built_dataset",), image_size=16)
+    with pytest.raises(ValueError, match="--teacher_view_mean work on in-memory data"):
+        _config(faces, tmp_path, data=stream, teacher_view_mean=0.5, **views)
+
+
 def test_a_second_model_reads_the_lr_views_of_a_blended_target(faces, tmp_path):
     import keras
 
@@ -266,9 +286,11 @@ def test_label_free_student_on_unlabelled_images(faces, tmp_path):
         student=ModelConfig("resnet8", 8, width=0.25, embedding_dim=12, head="none"),
         views=ViewSpec(count=2),
         teacher_cache=True,
+        teacher_view_mean=1.0,
     )
     result = distill(cfg, log=lambda s: None)
     assert set(result["history"]) == {"loss", "feature_l2", "epoch_seconds"}
+    assert result["teacher_cache"]["view_mean"] == 1.0
     assert result["data"]["unlabelled"] == 24
     import keras
 

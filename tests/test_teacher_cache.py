@@ -9,6 +9,7 @@ from lrface_tf.data.teacher_cache import (
     image_keys,
     load_or_build,
     store_path,
+    view_mean,
 )
 from lrface_tf.data.views import ViewSpec
 from lrface_tf.losses import KDLoss, MaskedCrossEntropy, RKDDistanceLoss
@@ -92,6 +93,49 @@ def test_a_blended_target_has_the_two_feature_terms_minimiser(setup, tmp_path):
     other = TeacherCache.build(teacher, x[:48], VIEWS, progress=False)
     with pytest.raises(ValueError, match="hold different views or images"):
         blend(hr, other, w)
+
+
+def test_a_view_mean_target_turns_toward_the_images_mean_over_its_views():
+    # Two views of two images in 2-D: image 0's views point at 0 and 90 degrees, image 1's
+    # both at 90. The mean direction of image 0 is 45 degrees; half of it bisects again.
+    e = np.array([[[2.0, 0.0], [0.0, 3.0]], [[0.0, 1.0], [0.0, 0.5]]], np.float32)
+    logits = np.array([[[1.0, 0.0], [0.0, 0.0]], [[3.0, 0.0], [0.0, 2.0]]], np.float32)
+    cache = TeacherCache(e, logits, np.zeros((2, 2, 8), np.float32), ViewSpec(count=2), "fp")
+    polar = lambda a: np.array([np.cos(np.radians(a)), np.sin(np.radians(a))])  # noqa: E731
+    half = view_mean(cache, 0.5)
+    np.testing.assert_allclose(half.embedding[:, 0], [polar(22.5), polar(67.5)], atol=1e-6)
+    np.testing.assert_allclose(half.embedding[:, 1], [polar(90), polar(90)], atol=1e-6)
+    np.testing.assert_allclose(half.logits[:, 0], [[1.5, 0.0], [2.5, 0.0]])
+    np.testing.assert_allclose(half.logits[:, 1], [[0.0, 0.5], [0.0, 1.5]])
+    whole = view_mean(cache, 1.0)
+    np.testing.assert_allclose(whole.embedding[:, 0], [polar(45), polar(45)], atol=1e-6)
+    np.testing.assert_allclose(
+        view_mean(cache, 0.0).embedding[:, 0], [polar(0), polar(90)], atol=1e-6
+    )
+    assert len({half.fingerprint, whole.fingerprint, cache.fingerprint}) == 3
+    with pytest.raises(ValueError, match=r"weight 1.5 is outside \[0, 1\]"):
+        view_mean(cache, 1.5)
+    one = TeacherCache(e[:1], None, np.zeros((1, 2, 8), np.float32), ViewSpec(), "fp")
+    with pytest.raises(ValueError, match="needs a cache of 2\\+ views per image, this one has 1"):
+        view_mean(one, 0.5)
+
+
+def test_every_shown_view_carries_the_view_mean_target(setup):
+    x, y, teacher = setup
+    raw = TeacherCache.build(teacher, x, VIEWS, progress=False)
+    ds = paired_dataset(
+        x, y, spec=SPEC, batch_size=96, augment="none", seed=5, teacher_cache=view_mean(raw, 1.0)
+    )
+    views, _ = next(iter(ds))
+    # Whichever view a step shows, the target is the teacher's reading averaged over all
+    # of the image's views (here by hand from the raw per-view outputs).
+    unit = lambda e: e / np.linalg.norm(e, axis=-1, keepdims=True)  # noqa: E731
+    means = unit(unit(raw.embedding).mean(axis=0))
+    target = views["teacher_embedding"].numpy()
+    nearest = np.min(np.linalg.norm(target[:, None] - means[None], axis=-1), axis=1)
+    np.testing.assert_allclose(nearest, 0.0, atol=1e-5)
+    own = unit(teacher(views["hr"], training=False)["embedding"].numpy())
+    assert np.max(np.linalg.norm(target - own, axis=-1)) > 1e-2  # not the shown view's reading
 
 
 def _train(x, y, teacher, cache, keep_hr=True):

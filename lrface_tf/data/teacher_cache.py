@@ -100,6 +100,45 @@ def blend(hr, lr, weight):
     )
 
 
+def view_mean(cache, weight):
+    """This cache with every view's target pulled toward its image's mean over its views:
+    per view and image, the unit vector along `(1 - weight) * e_v + weight * m` of the
+    L2-normalised embeddings, where `m` is the unit vector along the mean of the image's
+    normalised view embeddings (a view-ensemble reading of the image); the logits get the
+    same mix of the view's logits and their mean over the views.
+
+    Weight 1 gives all views of an image one target: the student is then taught an
+    embedding that does not follow the view's crop, flip, rotation or colour, where the
+    teacher's own reading of one view does (test-time flip fusion averages that part
+    away at twice the cost). Weight 0 only normalises.
+
+    Raises:
+      ValueError: `weight` is outside [0, 1], or the cache holds a single view.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"view-mean weight {weight} is outside [0, 1]")
+    if cache.num_views < 2:
+        raise ValueError(
+            f"a view-mean target needs a cache of 2+ views per image, this one has "
+            f"{cache.num_views}: set --views (or --augment=flip)"
+        )
+
+    def unit(e):
+        return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+    own = unit(cache.embedding)
+    mean = unit(own.mean(axis=0, keepdims=True))
+    mixed = unit((1.0 - weight) * own + weight * mean)
+    logits = None
+    if cache.logits is not None:
+        logits = (1.0 - weight) * cache.logits + weight * cache.logits.mean(axis=0, keepdims=True)
+        logits = logits.astype(np.float32)
+    digest = hashlib.sha256(f"{cache.fingerprint}:view_mean:{weight!r}".encode())
+    return dataclasses.replace(
+        cache, embedding=mixed.astype(np.float32), logits=logits, fingerprint=digest.hexdigest()
+    )
+
+
 @dataclasses.dataclass
 class TeacherCache:
     """Teacher outputs per view and image, aligned with a data set's images.
