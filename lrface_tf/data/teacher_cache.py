@@ -69,6 +69,11 @@ def fingerprint(teacher, views=None, hr_size=None, runtime="keras", lr_input=Non
     return h.hexdigest()
 
 
+def _unit(e):
+    """`e` scaled to unit length along its last axis (zero stays zero)."""
+    return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+
 def blend(hr, lr, weight):
     """One cache whose targets mix two readings of the same views: per view and image,
     the unit vector along `(1 - weight) * e_hr + weight * e_lr` of the L2-normalised
@@ -87,10 +92,7 @@ def blend(hr, lr, weight):
             "with the same --views flags on the same data"
         )
 
-    def unit(e):
-        return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-
-    mixed = unit((1.0 - weight) * unit(hr.embedding) + weight * unit(lr.embedding))
+    mixed = _unit((1.0 - weight) * _unit(hr.embedding) + weight * _unit(lr.embedding))
     logits = None
     if hr.logits is not None and lr.logits is not None:
         logits = (1.0 - weight) * hr.logits + weight * lr.logits
@@ -123,12 +125,9 @@ def view_mean(cache, weight):
             f"{cache.num_views}: set --views (or --augment=flip)"
         )
 
-    def unit(e):
-        return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-
-    own = unit(cache.embedding)
-    mean = unit(own.mean(axis=0, keepdims=True))
-    mixed = unit((1.0 - weight) * own + weight * mean)
+    own = _unit(cache.embedding)
+    mean = _unit(own.mean(axis=0, keepdims=True))
+    mixed = _unit((1.0 - weight) * own + weight * mean)
     logits = None
     if cache.logits is not None:
         logits = (1.0 - weight) * cache.logits + weight * cache.logits.mean(axis=0, keepdims=True)
