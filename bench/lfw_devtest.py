@@ -292,6 +292,7 @@ def _plot(rows, path):
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    points, markers = [], []
     for i, name in enumerate(dict.fromkeys(r["row"] for r in rows)):
         cells = _cells(rows, name)
         sel = cells.get(("16", "probe"), [])
@@ -300,11 +301,13 @@ def _plot(rows, path):
         ms, colour = sel[0]["latency_ms_fp32"], plt.get_cmap("tab20")(i % 20)
         acc = mean_std([100 * r["accuracy"] for r in sel])[0]
         ax.scatter(ms, acc, color=colour, label="probe-only" if i == 0 else None)
-        ax.annotate(name, (ms, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        points.append((name, ms, acc))
+        markers.append((ms, acc))
         cross = cells.get(("16", "cross"), [])
         if cross:
             c = mean_std([100 * r["accuracy"] for r in cross])[0]
             ax.scatter(ms, c, color=colour, marker="^")
+            markers.append((ms, c))
     ax.scatter([], [], color="grey", marker="^", label="cross-model (teacher's HR gallery)")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -315,8 +318,46 @@ def _plot(rows, path):
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    place_labels(ax, points, markers)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def place_labels(ax, points, markers=(), fontsize=7):
+    """Writes each (label, x, y) beside its point so that no label covers another or one of
+    the markers at (x, y) in data units: the highest point is labelled first, and a label
+    that would cover one moves down one line at a time, joined to its point by a thin line.
+    Points in the right half of the axes are labelled on their left, so that labels stay
+    inside the figure. Returns the labels."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    middle = ax.get_window_extent(renderer).x0 + ax.get_window_extent(renderer).width / 2
+    r = fontsize / 2  # a marker's half-width in pixels, about
+    centres = [ax.transData.transform(m) for m in markers]
+    placed = [Bbox([[cx - r, cy - r], [cx + r, cy + r]]) for cx, cy in centres]
+    texts = []
+    for name, x, y in sorted(points, key=lambda p: -p[2]):
+        left = ax.transData.transform((x, y))[0] > middle
+        for line in range(len(points) + 1):
+            text = ax.annotate(
+                name,
+                (x, y),
+                fontsize=fontsize,
+                xytext=(-4 if left else 4, 3 - 1.2 * fontsize * line),
+                textcoords="offset points",
+                ha="right" if left else "left",
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if line else None,
+            )
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer)  # the words, not the line
+            if not any(box.overlaps(other) for other in placed) or line == len(points):
+                break
+            text.remove()
+        placed.append(box)
+        texts.append(text)
+    return texts
 
 
 if __name__ == "__main__":

@@ -167,3 +167,35 @@ def test_update_header_replaces_only_the_result_line_of_the_same_benchmark(tmp_p
         "# result: LFW 2",
         "--a=1",
     ]
+
+
+def test_the_latency_plot_labels_every_point_without_two_labels_overlapping():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from bench import lfw_devtest
+
+    # Five rows within 0.5 ms and 1.5 points of each other, as the fine-tuned SFace rows are.
+    points = [(f"row_{i}", 6.0 + 0.1 * i, 97.0 + 0.3 * (i % 3)) for i in range(5)]
+    points += [("alone", 0.2, 70.0)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter([p[1] for p in points], [p[2] for p in points])
+    ax.set_xscale("log")
+    fig.tight_layout()
+    markers = [(x, y) for _, x, y in points]
+    texts = lfw_devtest.place_labels(ax, points, markers)
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in texts}
+    plt.close(fig)
+    assert sorted(boxes) == sorted(p[0] for p in points)
+    names = sorted(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b)
+    # Right-hand points are labelled on their left, so the words stay inside the axes.
+    axes = ax.get_window_extent(renderer)
+    assert all(boxes[f"row_{i}"].x1 <= axes.x1 for i in range(5))
+    assert boxes["alone"].x0 > ax.transData.transform((0.2, 70.0))[0]
