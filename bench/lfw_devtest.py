@@ -333,7 +333,8 @@ def place_labels(ax, points, markers=(), fontsize=7):
     from matplotlib.transforms import Bbox
 
     renderer = ax.figure.canvas.get_renderer()
-    middle = ax.get_window_extent(renderer).x0 + ax.get_window_extent(renderer).width / 2
+    frame = ax.get_window_extent(renderer)
+    middle = (frame.x0 + frame.x1) / 2
     r = fontsize / 2  # a marker's half-width in pixels, about
     centres = [ax.transData.transform(m) for m in markers]
     placed = [Bbox([[cx - r, cy - r], [cx + r, cy + r]]) for cx, cy in centres]
