@@ -92,9 +92,10 @@ def main(argv=None):
             mine = [r for r in out if r["row"] == row.name]  # kept seeds and this run's
             if mine:
                 seeds_run = ",".join(str(r["seed"]) for r in mine)
+                size = "28x28" if row is TEACHER else "7x7"  # the teacher sees HR only
                 update_header(
                     row.flagfile,
-                    f"top-1 at 7x7 {fmt([r['top1'] for r in mine])} % "
+                    f"top-1 at {size} {fmt([r['top1'] for r in mine])} % "
                     f"(seeds {seeds_run}; python -m bench.fmnist_7px)",
                 )
 

@@ -188,6 +188,11 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None,
                     for q in INT8_FORMS
                     if q in parity
                 },
+                **(
+                    {"latency_ms_int8_float_head": parity["int8_float_head"]["latency_ms"]}
+                    if "int8_float_head" in parity
+                    else {}
+                ),
                 "train_seconds": metrics.get("train_seconds", 0.0)
                 + metrics.get("stage1", {}).get("train_seconds", 0.0),
                 "input_size": r["input_size"],
