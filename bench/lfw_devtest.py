@@ -165,6 +165,12 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None,
     commands += exported
     results = read_json(os.path.join(ev, "results.json"))["rows"]
     params = metrics.get("params") or _params(model)
+    extra = {}  # fields only some exports or methods have
+    if "int8_float_head" in parity:
+        extra["latency_ms_int8_float_head"] = parity["int8_float_head"]["latency_ms"]
+    term = metrics.get("history", {}).get("crrcd")
+    if term:  # CRRCD's relation contrastive term, first and last epoch
+        extra.update(crrcd_term_first=term[0], crrcd_term_last=term[-1])
     for r in results:
         out.append(
             {
@@ -188,11 +194,7 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None,
                     for q in INT8_FORMS
                     if q in parity
                 },
-                **(
-                    {"latency_ms_int8_float_head": parity["int8_float_head"]["latency_ms"]}
-                    if "int8_float_head" in parity
-                    else {}
-                ),
+                **extra,
                 "train_seconds": metrics.get("train_seconds", 0.0)
                 + metrics.get("stage1", {}).get("train_seconds", 0.0),
                 "input_size": r["input_size"],
