@@ -162,11 +162,11 @@ XL = XH.reshape(16, 4, 2, 4, 2, 1).mean(axis=(2, 4))
 Y = RNG.randint(0, 4, 16).astype(np.int32)
 
 
-def _distiller(strategy, ref_weights=None):
+def _distiller(strategy, ref_weights=None, sampling="supervised"):
     with strategy.scope():
         teacher = tiny_model(8, embedding_dim=6, seed=1, name="t")
         student = tiny_model(4, embedding_dim=5, seed=2, name="s")
-        crrcd = CRRCDLoss(dim=8, queue_size=12, data_size=16)
+        crrcd = CRRCDLoss(dim=8, queue_size=12, data_size=16, sampling=sampling)
         terms = {"kd": DistillTerm(KDLoss(4.0), 0.5, "logits"), "crrcd": DistillTerm(crrcd, 2.0)}
         d = Distiller(student, teacher, terms, task_loss=MaskedCrossEntropy())
         if ref_weights is not None:
@@ -205,3 +205,33 @@ def test_a_resumed_run_restores_z(tmp_path):
     np.testing.assert_allclose(fresh_crrcd.log_z.numpy(), crrcd.log_z.numpy())
     assert float(fresh_crrcd.z_ready.numpy()) == 1.0
     np.testing.assert_allclose(fresh_crrcd.queue.keys.numpy(), crrcd.queue.keys.numpy())
+
+
+def test_a_run_resumed_after_two_epochs_equals_an_uninterrupted_one(tmp_path):
+    """Unsupervised sampling, as the LR-LFW rows: the relation module, Z, the queue and the
+    optimiser all come back, so epochs 3-4 of the resumed run repeat the uninterrupted
+    run's to the bit."""
+    from lrface_tf.training import BACKUP_DIR, restored_step
+
+    d, ref = _distiller(tf.distribute.get_strategy(), sampling="unsupervised")
+    w0 = [m.get_weights() for m in (d.teacher, d.student, ref)]
+    whole, c_whole = _distiller(tf.distribute.get_strategy(), w0, "unsupervised")
+    h = whole.fit(_data(), epochs=4, verbose=0, shuffle=False).history["crrcd"]
+    backup = str(tmp_path / BACKUP_DIR)
+    first, _ = _distiller(tf.distribute.get_strategy(), w0, "unsupervised")
+    first.fit(_data(), epochs=2, verbose=0, shuffle=False, callbacks=[_backup(backup)])
+    second, c_second = _distiller(tf.distribute.get_strategy(), w0, "unsupervised")
+    assert restored_step(second, str(tmp_path))[0] == 4
+    rest = second.fit(
+        _data(), epochs=4, verbose=0, shuffle=False, callbacks=[_backup(backup)]
+    ).history["crrcd"]
+    assert rest == h[2:], (rest, h)
+    for a, b in zip(
+        whole.student.get_weights() + c_whole.get_weights(),
+        second.student.get_weights() + c_second.get_weights(),
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def _backup(folder):
+    return keras.callbacks.BackupAndRestore(folder, delete_checkpoint=False)
