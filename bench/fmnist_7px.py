@@ -19,6 +19,7 @@ import os
 
 from bench.runner import (
     Row,
+    crrcd_terms,
     flags_sha1,
     fmt,
     mean_std,
@@ -81,8 +82,7 @@ def main(argv=None):
             "train_seconds": m["train_seconds"],
             "params": m["params"],
         }
-        if "crrcd" in m.get("history", {}):
-            record["crrcd_term_last"] = m["history"]["crrcd"][-1]
+        record.update(crrcd_terms(m.get("history", {})))
         out.append(record)
     out, commands = merge_previous(args.name, out, commands, sha, ["teacher", *ROWS])
     table = markdown(out)

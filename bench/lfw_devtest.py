@@ -35,6 +35,7 @@ import numpy as np
 from bench.runner import (
     ROOT,
     Row,
+    crrcd_terms,
     export_face_model,
     flags_sha1,
     fmt,
@@ -168,9 +169,7 @@ def _evaluate_model(name, seed, model, folder, log, out, metrics, flagfile=None,
     extra = {}  # fields only some exports or methods have
     if "int8_float_head" in parity:
         extra["latency_ms_int8_float_head"] = parity["int8_float_head"]["latency_ms"]
-    term = metrics.get("history", {}).get("crrcd")
-    if term:  # CRRCD's relation contrastive term, first and last epoch
-        extra.update(crrcd_term_first=term[0], crrcd_term_last=term[-1])
+    extra.update(crrcd_terms(metrics.get("history", {})))
     for r in results:
         out.append(
             {

@@ -20,6 +20,7 @@ import os
 from bench.runner import (
     ROOT,
     Row,
+    crrcd_terms,
     flags_sha1,
     fmt,
     mean_std,
@@ -73,9 +74,7 @@ def main(argv=None):
                 record["val_teacher_agreement"] = r["teacher_agreement"]
         if "feature_l2" in m["history"]:  # 2 - 2 cos on the training views, last epoch
             record["train_teacher_agreement"] = 1.0 - m["history"]["feature_l2"][-1] / 2.0
-        if "crrcd" in m["history"]:  # CRRCD's relation contrastive term, first and last epoch
-            record["crrcd_term_first"] = m["history"]["crrcd"][0]
-            record["crrcd_term_last"] = m["history"]["crrcd"][-1]
+        record.update(crrcd_terms(m["history"]))
         out.append(record)
     out, commands = merge_previous("lfw_val", out, commands, sha)
     table = markdown(out)

@@ -161,6 +161,13 @@ def flag_value(flagfile, name):
     return value
 
 
+def crrcd_terms(history):
+    """CRRCD's relation contrastive term at the first and last epoch of a run's history
+    ({} for a run without it), as the benchmarks record it."""
+    term = history.get("crrcd")
+    return {"crrcd_term_first": term[0], "crrcd_term_last": term[-1]} if term else {}
+
+
 def mean_std(values):
     """(mean, sample std) of a list; std 0 for one value."""
     v = np.asarray(values, float)

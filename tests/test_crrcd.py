@@ -180,6 +180,11 @@ def _data():
     return tf.data.Dataset.from_tensor_slices(({"hr": XH, "lr": XL}, Y)).batch(8)
 
 
+def _backup(folder):
+    """A backup that outlives the fit, so a second model can be resumed from it."""
+    return keras.callbacks.BackupAndRestore(str(folder), delete_checkpoint=False)
+
+
 def test_z_is_identical_on_one_and_two_replicas(mirrored):
     d, ref = _distiller(tf.distribute.get_strategy())
     w0 = [m.get_weights() for m in (d.teacher, d.student, ref)]
@@ -196,8 +201,7 @@ def test_a_resumed_run_restores_z(tmp_path):
     from lrface_tf.training import BACKUP_DIR, restored_step
 
     d, crrcd = _distiller(tf.distribute.get_strategy())
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / BACKUP_DIR), delete_checkpoint=False)
-    d.fit(_data(), epochs=2, verbose=0, shuffle=False, callbacks=[backup])
+    d.fit(_data(), epochs=2, verbose=0, shuffle=False, callbacks=[_backup(tmp_path / BACKUP_DIR)])
     assert float(crrcd.z_ready.numpy()) == 1.0 and os.listdir(tmp_path / BACKUP_DIR)
     fresh, fresh_crrcd = _distiller(tf.distribute.get_strategy())
     assert float(fresh_crrcd.z_ready.numpy()) == 0.0
@@ -217,7 +221,7 @@ def test_a_run_resumed_after_two_epochs_equals_an_uninterrupted_one(tmp_path):
     w0 = [m.get_weights() for m in (d.teacher, d.student, ref)]
     whole, c_whole = _distiller(tf.distribute.get_strategy(), w0, "unsupervised")
     h = whole.fit(_data(), epochs=4, verbose=0, shuffle=False).history["crrcd"]
-    backup = str(tmp_path / BACKUP_DIR)
+    backup = tmp_path / BACKUP_DIR
     first, _ = _distiller(tf.distribute.get_strategy(), w0, "unsupervised")
     first.fit(_data(), epochs=2, verbose=0, shuffle=False, callbacks=[_backup(backup)])
     second, c_second = _distiller(tf.distribute.get_strategy(), w0, "unsupervised")
@@ -231,7 +235,3 @@ def test_a_run_resumed_after_two_epochs_equals_an_uninterrupted_one(tmp_path):
         second.student.get_weights() + c_second.get_weights(),
     ):
         np.testing.assert_array_equal(a, b)
-
-
-def _backup(folder):
-    return keras.callbacks.BackupAndRestore(folder, delete_checkpoint=False)
